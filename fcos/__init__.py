@@ -1,0 +1,33 @@
+"""fcos-paddle: FCOS and FCOS_RT object detectors on PaddlePaddle.
+
+    import fcos
+    cfg = fcos.load_config("configs/rt_dla34.yml")
+    model = fcos.build_model(cfg)
+    det = fcos.Detector(cfg, weights="weights/rt_dla34.safetensors")
+    results = det.predict(["image.jpg"])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fcos.config import Config, ConfigError, load_config
+
+__version__ = "0.1.0"
+
+__all__ = ["Config", "ConfigError", "Detector", "build_model", "load_config", "__version__"]
+
+
+def build_model(cfg: Config) -> Any:
+    """Build the FCOS ``paddle.nn.Layer`` described by ``cfg.model`` (see :mod:`fcos.modeling`)."""
+    from fcos.modeling import build_model as _build
+
+    return _build(cfg)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Detector":
+        from fcos.inference.detector import Detector
+
+        return Detector
+    raise AttributeError(f"module 'fcos' has no attribute {name!r}")

@@ -1,0 +1,29 @@
+"""fcos-paddle. Paddle itself is not a hard requirement here so that an installed
+``paddlepaddle-gpu`` is never replaced by the CPU wheel; ``make install`` installs
+``paddlepaddle`` (or ``PADDLE=paddlepaddle-gpu``) when no Paddle is importable."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fcos-paddle",
+    version="0.1.0",
+    description="FCOS / FCOS_RT object detection on PaddlePaddle: models, checkpoint import, training, export, deploy",
+    packages=find_packages(include=["fcos", "fcos.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "numpy>=1.21",
+        "opencv-python-headless>=4.5,<5",
+        "Pillow>=9.0",
+        "PyYAML>=5.4",
+        "pycocotools>=2.0.6",
+        "tqdm>=4.60",
+        "safetensors>=0.4",
+        "matplotlib>=3.5",
+        "visualdl>=2.5",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "ruff>=0.5"],
+        "onnx": ["paddle2onnx>=1.2", "onnxruntime>=1.16"],
+        "aug": ["albumentations>=1.3"],
+    },
+)
