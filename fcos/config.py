@@ -91,6 +91,7 @@ class PostprocessConfig:
     pre_nms_topk: int = 1000  # per level and image
     nms_thresh: float = 0.6
     max_dets: int = 100
+    clip_before_nms: bool = False  # torchvision clips boxes to the image before NMS; AdelaiDet after
 
 
 @dataclass
