@@ -1,10 +1,10 @@
 """fcos-paddle: FCOS and FCOS_RT object detectors on PaddlePaddle.
 
-    import fcos
-    cfg = fcos.load_config("configs/rt_dla34.yml")
-    model = fcos.build_model(cfg)
-    det = fcos.Detector(cfg, weights="weights/rt_dla34.safetensors")
-    results = det.predict(["image.jpg"])
+import fcos
+cfg = fcos.load_config("configs/rt_dla34.yml")
+model = fcos.build_model(cfg)
+det = fcos.Detector(cfg, weights="weights/rt_dla34.safetensors")
+results = det.predict(["image.jpg"])
 """
 
 from __future__ import annotations

@@ -37,7 +37,9 @@ class BackboneConfig:
     name: str = "dla34"  # "dla34" | "resnet50"
     norm: str = "bn"  # "bn" | "syncbn" (BN, converted to SyncBatchNorm on multi-GPU CUDA) | "frozen_bn"
     freeze_at: int = -1  # -1: nothing frozen; 1: stem; 2: stem + first stage (detectron2 semantics)
-    stride_in_1x1: bool = False  # ResNet: stride in the 1x1 conv (detectron2 MSRA) or the 3x3 (torchvision, PaddleDetection)
+    stride_in_1x1: bool = (
+        False  # ResNet: stride in the 1x1 conv (detectron2 MSRA) or the 3x3 (torchvision, PaddleDetection)
+    )
     depth: int = 50  # ResNet depth: 50 | 101
     dla_levels: list[int] = field(default_factory=lambda: [1, 1, 1, 2, 2, 1])
     dla_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
@@ -79,7 +81,9 @@ class LossConfig:
     box_loss: str = "giou"  # "giou" | "iou" | "linear_iou"
     iou_smooth: float = 1.0  # AdelaiDet (inter + 1) / (union + 1); torchvision 0 (eps only)
     box_weight_by_ctr: bool = True  # weight box loss by centerness targets, normalise by their sum
-    reduce_across_devices: bool = True  # all-reduce normalisers (AdelaiDet); False: per device (PaddleDetection, torchvision)
+    reduce_across_devices: bool = (
+        True  # all-reduce normalisers (AdelaiDet); False: per device (PaddleDetection, torchvision)
+    )
     cls_normalizer: str = "fg"  # "fg" | "moving_fg"
 
 

@@ -9,8 +9,9 @@ Images enter as BGR ``uint8`` arrays of shape (H, W, 3), the way ``cv2.imread`` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import cv2
 import numpy as np

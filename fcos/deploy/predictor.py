@@ -1,0 +1,413 @@
+"""Paddle Inference predictor for exported FCOS models, driven by the editable ``infer_cfg.yml``.
+
+    pred = DeployPredictor("output/export/rt_dla34")            # oneDNN, all cores, fp32
+    results = pred.predict([cv2.imread("a.jpg")])               # list[Results]
+    print(pred.timer.summary())                                 # pre / infer / post medians
+
+Stages are timed separately: ``pre`` (resize, normalise, pad: :func:`fcos.data.preprocess.preprocess`),
+``infer`` (copy in, network, in-graph box decoding and NMS, copy out) and ``post`` (split per image,
+build :class:`Results`). Drawing is never timed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import yaml
+
+from fcos.config import InputConfig
+from fcos.data.preprocess import preprocess
+from fcos.inference.results import Results
+
+INFER_CFG_NAME = "infer_cfg.yml"
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class DeployError(RuntimeError):
+    """The export directory or its infer_cfg.yml is unusable; the message names the file and key."""
+
+
+@dataclass
+class RuntimeOptions:
+    """How Paddle Inference runs the model (``runtime:`` section of infer_cfg.yml, CLI overrides).
+
+    device: "cpu" | "gpu"; use_mkldnn: oneDNN kernels on CPU; cpu_threads: math threads (0 = all
+    cores); precision: "fp32" | "bf16" (CPU oneDNN, needs AVX512-BF16 or AMX) | "fp16" (GPU TensorRT);
+    use_tensorrt: TensorRT subgraphs on GPU; gpu_id; trt_min_subgraph_size; trt_max_batch_size.
+    """
+
+    device: str = "cpu"
+    use_mkldnn: bool = True
+    cpu_threads: int = 0
+    precision: str = "fp32"
+    use_tensorrt: bool = False
+    gpu_id: int = 0
+    trt_min_subgraph_size: int = 3
+    trt_max_batch_size: int = 1
+
+
+@dataclass
+class InferCfg:
+    """Parsed infer_cfg.yml."""
+
+    model_dir: str
+    model_file: str
+    params_file: str
+    input: InputConfig
+    class_names: list[str]
+    category_ids: list[int]
+    draw_threshold: float
+    runtime: RuntimeOptions
+    paddle_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def find_model_files(model_dir: str) -> tuple[str, str]:
+    """(program file, params file) in ``model_dir``: Paddle 3 ``*.json`` or Paddle 2 ``*.pdmodel``."""
+    if not os.path.isdir(model_dir):
+        raise DeployError(f"{model_dir}: export directory not found")
+    names = os.listdir(model_dir)
+    params = sorted(n for n in names if n.endswith(".pdiparams"))
+    for ext in (".json", ".pdmodel"):
+        for p in params:
+            prog = p[: -len(".pdiparams")] + ext
+            if prog in names:
+                return os.path.join(model_dir, prog), os.path.join(model_dir, p)
+    raise DeployError(
+        f"{model_dir}: no exported model found (expected model.json or model.pdmodel next to model.pdiparams; "
+        "create one with tools/export.py)"
+    )
+
+
+def _get(d: dict, key: str, typ: type, default: Any, where: str) -> Any:
+    if key not in d or d[key] is None:
+        return default
+    v = d[key]
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if typ is int and isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not isinstance(v, typ) or (typ is not bool and isinstance(v, bool)):
+        raise DeployError(f"{where}: key '{key}' must be {typ.__name__}, got {v!r}")
+    return v
+
+
+def load_infer_cfg(model_dir: str) -> InferCfg:
+    """Read ``model_dir/infer_cfg.yml`` (written by tools/export.py, may be edited by hand)."""
+    path = os.path.join(model_dir, INFER_CFG_NAME)
+    if not os.path.isfile(path):
+        raise DeployError(f"{path}: not found (export the model with tools/export.py)")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise DeployError(f"{path}: invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise DeployError(f"{path}: top level must be a mapping")
+    prog, params = find_model_files(model_dir)
+    if data.get("model_file"):
+        prog = os.path.join(model_dir, data["model_file"])
+        if not os.path.isfile(prog):
+            prog = find_model_files(model_dir)[0]
+    pp = data.get("preprocess") or {}
+    where = f"{path} preprocess"
+    defaults = InputConfig()
+    inp = InputConfig(
+        channel_order=_get(pp, "channel_order", str, defaults.channel_order, where),
+        to_unit=_get(pp, "to_unit", bool, defaults.to_unit, where),
+        mean=[float(v) for v in pp.get("mean", defaults.mean)],
+        std=[float(v) for v in pp.get("std", defaults.std)],
+        test_short=_get(pp, "target_size", int, defaults.test_short, where),
+        test_max=_get(pp, "max_size", int, defaults.test_max, where),
+        size_divisor=_get(pp, "size_divisor", int, defaults.size_divisor, where),
+        interp=_get(pp, "interp", str, defaults.interp, where),
+    )
+    if inp.channel_order not in ("BGR", "RGB"):
+        raise DeployError(f"{where}: key 'channel_order' must be BGR or RGB, got {inp.channel_order!r}")
+    if len(inp.mean) != 3 or len(inp.std) != 3 or any(s == 0 for s in inp.std):
+        raise DeployError(f"{where}: keys 'mean' and 'std' need 3 values each (std non-zero)")
+    if inp.test_short < 1 or inp.test_max < 0:
+        raise DeployError(f"{where}: key 'target_size' must be >= 1 and 'max_size' >= 0")
+    rt = data.get("runtime") or {}
+    where_rt = f"{path} runtime"
+    base = RuntimeOptions()
+    runtime = RuntimeOptions(
+        device=_get(rt, "device", str, base.device, where_rt),
+        use_mkldnn=_get(rt, "use_mkldnn", bool, base.use_mkldnn, where_rt),
+        cpu_threads=_get(rt, "cpu_threads", int, base.cpu_threads, where_rt),
+        precision=_get(rt, "precision", str, base.precision, where_rt),
+        use_tensorrt=_get(rt, "use_tensorrt", bool, base.use_tensorrt, where_rt),
+        gpu_id=_get(rt, "gpu_id", int, base.gpu_id, where_rt),
+        trt_min_subgraph_size=_get(rt, "trt_min_subgraph_size", int, base.trt_min_subgraph_size, where_rt),
+        trt_max_batch_size=_get(rt, "trt_max_batch_size", int, base.trt_max_batch_size, where_rt),
+    )
+    names = [str(n) for n in data.get("class_names") or []]
+    num_classes = int(data.get("num_classes") or len(names))
+    if not names:
+        names = [f"class_{i}" for i in range(num_classes)]
+    cat_ids = [int(c) for c in data.get("category_ids") or range(1, len(names) + 1)]
+    if len(cat_ids) != len(names):
+        raise DeployError(f"{path}: 'category_ids' has {len(cat_ids)} entries but 'class_names' has {len(names)}")
+    known = {"model_file", "params_file", "preprocess", "runtime", "class_names", "category_ids", "draw_threshold"}
+    return InferCfg(
+        model_dir=model_dir,
+        model_file=prog,
+        params_file=params,
+        input=inp,
+        class_names=names,
+        category_ids=cat_ids,
+        draw_threshold=_get(data, "draw_threshold", float, 0.5, path),
+        runtime=runtime,
+        paddle_version=str(data.get("paddle_version", "")),
+        extra={k: v for k, v in data.items() if k not in known},
+    )
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="ignore") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return False
+
+
+def create_paddle_predictor(model_file: str, params_file: str, opts: RuntimeOptions) -> Any:
+    """A ``paddle.inference`` predictor for the program/params files with ``opts`` applied.
+
+    Raises :class:`DeployError` for impossible combinations (GPU without CUDA, bf16 on a CPU without
+    bf16 instructions, fp16 without TensorRT on GPU).
+    """
+    import paddle
+    import paddle.inference as pi
+
+    if opts.precision not in PRECISIONS:
+        raise DeployError(f"precision must be one of {PRECISIONS}, got {opts.precision!r}")
+    if opts.device not in ("cpu", "gpu"):
+        raise DeployError(f"device must be 'cpu' or 'gpu', got {opts.device!r}")
+    config = pi.Config(model_file, params_file)
+    config.disable_glog_info()
+    config.switch_ir_optim(True)
+    if opts.device == "gpu":
+        if not paddle.is_compiled_with_cuda():
+            raise DeployError("device 'gpu' requested but this Paddle build has no CUDA; use --device cpu")
+        config.enable_use_gpu(200, opts.gpu_id)
+        if opts.use_tensorrt:
+            precision = {"fp32": pi.PrecisionType.Float32, "fp16": pi.PrecisionType.Half}.get(opts.precision)
+            if precision is None:
+                raise DeployError(f"TensorRT supports precision fp32 or fp16, got {opts.precision!r}")
+            config.enable_tensorrt_engine(
+                workspace_size=1 << 30,
+                max_batch_size=opts.trt_max_batch_size,
+                min_subgraph_size=opts.trt_min_subgraph_size,
+                precision_mode=precision,
+                use_static=False,
+                use_calib_mode=False,
+            )
+        elif opts.precision != "fp32":
+            raise DeployError(f"precision {opts.precision!r} on GPU needs use_tensorrt (fp16) ")
+    else:
+        config.disable_gpu()
+        threads = opts.cpu_threads if opts.cpu_threads > 0 else (os.cpu_count() or 1)
+        config.set_cpu_math_library_num_threads(threads)
+        if opts.precision == "fp16":
+            raise DeployError("precision 'fp16' needs a GPU with TensorRT; on CPU use fp32 or bf16")
+        if opts.use_mkldnn:
+            config.enable_mkldnn()
+            config.set_mkldnn_cache_capacity(10)
+            if opts.precision == "bf16":
+                if not cpu_supports_bf16():
+                    raise DeployError("precision 'bf16' needs a CPU with AVX512-BF16 or AMX; use fp32")
+                config.enable_mkldnn_bfloat16()
+        elif opts.precision == "bf16":
+            raise DeployError("precision 'bf16' runs through oneDNN: enable use_mkldnn")
+        else:
+            config.disable_mkldnn()
+    return pi.create_predictor(config)
+
+
+class StageTimer:
+    """Per-stage wall times in seconds; ``warmup`` first calls of ``predict`` are not recorded."""
+
+    STAGES = ("pre", "infer", "post")
+
+    def __init__(self, warmup: int = 0) -> None:
+        self.warmup = warmup
+        self.calls = 0
+        self.times: dict[str, list[float]] = {s: [] for s in self.STAGES}
+        self.images = 0
+
+    def record(self, stage_times: dict[str, float], num_images: int) -> None:
+        self.calls += 1
+        if self.calls <= self.warmup:
+            return
+        for k, v in stage_times.items():
+            self.times[k].append(v)
+        self.images += num_images
+
+    def reset(self) -> None:
+        self.__init__(self.warmup)  # type: ignore[misc]
+
+    def median_ms(self) -> dict[str, float]:
+        return {k: float(np.median(v)) * 1e3 if v else float("nan") for k, v in self.times.items()}
+
+    def summary(self) -> str:
+        n = len(self.times["pre"])
+        if n == 0:
+            return f"no timed runs (warm-up {self.warmup} calls)"
+        med = self.median_ms()
+        total = sum(med.values())
+        per_img = total / max(1.0, self.images / n)
+        return (
+            f"{n} timed calls after {self.warmup} warm-up, median ms per call: pre {med['pre']:.1f} | "
+            f"infer (network + decode + NMS) {med['infer']:.1f} | post {med['post']:.1f} | total {total:.1f} "
+            f"-> {1000.0 / per_img:.2f} FPS (drawing excluded)"
+        )
+
+
+def split_batch_detections(bboxes: np.ndarray, bbox_num: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Split the graph's [K, 6] rows [label, score, x1, y1, x2, y2] by ``bbox_num`` (N,) into per-image
+    dicts (boxes (k,4) float32, scores (k,), labels (k,) int64); drops empty boxes and label -1 rows."""
+    out, start = [], 0
+    bboxes = np.asarray(bboxes, dtype=np.float32).reshape(-1, 6)
+    for n in np.asarray(bbox_num).reshape(-1).tolist():
+        rows = bboxes[start : start + int(n)]
+        start += int(n)
+        keep = (rows[:, 0] >= 0) & (rows[:, 4] > rows[:, 2]) & (rows[:, 5] > rows[:, 3])
+        rows = rows[keep]
+        out.append({"boxes": rows[:, 2:6].copy(), "scores": rows[:, 1].copy(), "labels": rows[:, 0].astype(np.int64)})
+    return out
+
+
+class DeployPredictor:
+    """Run an exported model directory on Paddle Inference.
+
+    Any argument left ``None`` comes from infer_cfg.yml (``runtime:``, ``preprocess:`` and
+    ``draw_threshold``), so editing that file changes behaviour without re-exporting.
+    ``predict(images)`` takes BGR uint8 (H, W, 3) arrays and returns one :class:`Results` each
+    (boxes xyxy in original pixels).
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        device: Optional[str] = None,
+        use_mkldnn: Optional[bool] = None,
+        cpu_threads: Optional[int] = None,
+        precision: Optional[str] = None,
+        use_tensorrt: Optional[bool] = None,
+        target_size: Optional[int] = None,
+        max_size: Optional[int] = None,
+        draw_threshold: Optional[float] = None,
+        warmup: int = 0,
+    ) -> None:
+        self.cfg = load_infer_cfg(model_dir)
+        rt = self.cfg.runtime
+        for name, value in (
+            ("device", device),
+            ("use_mkldnn", use_mkldnn),
+            ("cpu_threads", cpu_threads),
+            ("precision", precision),
+            ("use_tensorrt", use_tensorrt),
+        ):
+            if value is not None:
+                setattr(rt, name, value)
+        if target_size is not None:
+            self.cfg.input.test_short = int(target_size)
+        if max_size is not None:
+            self.cfg.input.test_max = int(max_size)
+        if draw_threshold is not None:
+            self.cfg.draw_threshold = float(draw_threshold)
+        self.predictor = create_paddle_predictor(self.cfg.model_file, self.cfg.params_file, rt)
+        self.input_names = list(self.predictor.get_input_names())
+        self.output_names = list(self.predictor.get_output_names())
+        self.timer = StageTimer(warmup)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.cfg.class_names
+
+    @property
+    def draw_threshold(self) -> float:
+        return self.cfg.draw_threshold
+
+    def describe(self) -> str:
+        """Hardware, runtime and input size, for FPS reports."""
+        from fcos.utils.runtime import cpu_name
+
+        rt = self.cfg.runtime
+        if rt.device == "gpu":
+            import paddle
+
+            hw = f"GPU {paddle.device.cuda.get_device_name(rt.gpu_id)}"
+            eng = f"TensorRT {rt.precision}" if rt.use_tensorrt else "CUDA fp32"
+        else:
+            threads = rt.cpu_threads if rt.cpu_threads > 0 else (os.cpu_count() or 1)
+            hw = f"CPU {cpu_name()} ({threads} threads)"
+            eng = f"oneDNN {rt.precision}" if rt.use_mkldnn else "native fp32 (no oneDNN)"
+        inp = self.cfg.input
+        return (
+            f"Paddle Inference | {hw} | {eng} | input short side {inp.test_short}, max {inp.test_max}, "
+            f"pad /{inp.size_divisor}"
+        )
+
+    def run_arrays(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Feed arrays by input name, run, return outputs in graph order."""
+        for name in self.input_names:
+            if name not in feeds:
+                raise DeployError(f"exported model expects input '{name}', got {sorted(feeds)}")
+            handle = self.predictor.get_input_handle(name)
+            arr = np.ascontiguousarray(feeds[name])
+            handle.reshape(list(arr.shape))
+            handle.copy_from_cpu(arr)
+        self.predictor.run()
+        return [self.predictor.get_output_handle(n).copy_to_cpu() for n in self.output_names]
+
+    def predict(
+        self, images: Sequence[np.ndarray], paths: Optional[Sequence[str]] = None, keep_images: bool = True
+    ) -> list[Results]:
+        """Detect objects in BGR uint8 images; one :class:`Results` per image (all scores, unfiltered)."""
+        if len(images) == 0:
+            return []
+        t0 = time.perf_counter()
+        batch = preprocess(images, self.cfg.input)
+        t1 = time.perf_counter()
+        outputs = self.run_arrays(
+            {"image": batch.images, "im_shape": batch.im_shape, "scale_factor": batch.scale_factor}
+        )
+        t2 = time.perf_counter()
+        bboxes, bbox_num = self._pick_outputs(outputs)
+        dets = split_batch_detections(bboxes, bbox_num)
+        results = [
+            Results(
+                boxes=d["boxes"],
+                scores=d["scores"],
+                labels=d["labels"],
+                names=self.cfg.class_names,
+                image=img if keep_images else None,
+                path=paths[i] if paths else "",
+                orig_shape=(int(img.shape[0]), int(img.shape[1])),
+            )
+            for i, (d, img) in enumerate(zip(dets, images))
+        ]
+        t3 = time.perf_counter()
+        self.timer.record({"pre": t1 - t0, "infer": t2 - t1, "post": t3 - t2}, len(images))
+        return results
+
+    @staticmethod
+    def _pick_outputs(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        if len(outputs) != 2:
+            raise DeployError(f"exported model has {len(outputs)} outputs; expected (bboxes [K,6], bbox_num [N])")
+        a, b = outputs
+        if a.ndim == 1 and b.ndim == 2:
+            a, b = b, a
+        return a, b

@@ -1,0 +1,112 @@
+"""SGD with momentum, parameter groups, and the warmup + multi-step learning-rate schedule.
+
+The learning rate is a pure function of the step (``lr_at``), so a resumed run follows exactly the
+same curve: nothing but the step has to be restored. Parameter groups follow detectron2: no weight
+decay on normalisation parameters (``optim.weight_decay_norm``) and ``optim.bias_lr_factor`` on biases.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass
+
+import paddle
+import paddle.nn as nn
+
+from fcos.config import Config
+
+logger = logging.getLogger(__name__)
+
+_NORM_LAYERS = (
+    nn.BatchNorm,
+    nn.BatchNorm1D,
+    nn.BatchNorm2D,
+    nn.BatchNorm3D,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+)
+
+
+@dataclass
+class LRSchedule:
+    """Linear warmup from ``base_lr * warmup_factor`` to ``base_lr`` over ``warmup_steps``, then ``gamma``
+    at each milestone. ``lr_at(step)`` is the rate used for the update that finishes step ``step + 1``."""
+
+    base_lr: float
+    milestones: tuple[int, ...]
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    warmup_factor: float = 0.001
+
+    def lr_at(self, step: int) -> float:
+        factor = self.gamma ** bisect.bisect_right(list(self.milestones), step)
+        if step < self.warmup_steps:
+            alpha = step / float(self.warmup_steps)
+            factor *= self.warmup_factor * (1.0 - alpha) + alpha
+        return self.base_lr * factor
+
+    def state_dict(self) -> dict:
+        return {
+            "base_lr": self.base_lr,
+            "milestones": list(self.milestones),
+            "gamma": self.gamma,
+            "warmup_steps": self.warmup_steps,
+            "warmup_factor": self.warmup_factor,
+        }
+
+
+def scaled_base_lr(cfg: Config) -> float:
+    """``optim.lr`` scaled by ``data.batch_size / optim.base_batch_size`` (linear scaling rule) when
+    ``optim.scale_lr`` is on and the total batch differs from the one the recipe was tuned for."""
+    lr = cfg.optim.lr
+    total, base = cfg.data.batch_size, cfg.optim.base_batch_size
+    if cfg.optim.scale_lr and base > 0 and total != base:
+        scaled = lr * total / base
+        logger.info("linear scaling rule: batch %d vs recipe %d -> lr %.6g (was %.6g)", total, base, scaled, lr)
+        return scaled
+    return lr
+
+
+def build_lr_schedule(cfg: Config) -> LRSchedule:
+    s = cfg.schedule
+    return LRSchedule(
+        base_lr=scaled_base_lr(cfg),
+        milestones=tuple(s.milestones),
+        gamma=s.gamma,
+        warmup_steps=s.warmup_steps,
+        warmup_factor=s.warmup_factor,
+    )
+
+
+def build_param_groups(model: nn.Layer, cfg: Config) -> list[dict]:
+    """Trainable parameters split into (decay, lr x1), (norm: weight_decay_norm), (bias: bias_lr_factor)."""
+    norm_params: set[int] = set()
+    for layer in model.sublayers(include_self=True):
+        if isinstance(layer, _NORM_LAYERS) or type(layer).__name__ in ("FrozenBatchNorm2D", "FrozenBatchNorm"):
+            norm_params.update(id(p) for p in layer.parameters(include_sublayers=False))
+    o = cfg.optim
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        if p.stop_gradient:
+            continue
+        is_norm = id(p) in norm_params
+        is_bias = name.endswith(".bias") or name.endswith("bias")
+        wd = o.weight_decay_norm if is_norm else o.weight_decay
+        lr_mult = o.bias_lr_factor if (is_bias and not is_norm) else 1.0
+        groups.setdefault((wd, lr_mult), []).append(p)
+    return [{"params": ps, "weight_decay": wd, "learning_rate": lr} for (wd, lr), ps in groups.items()]
+
+
+def build_optimizer(model: nn.Layer, cfg: Config) -> paddle.optimizer.Optimizer:
+    """Momentum SGD over ``build_param_groups``; the lr is set every step by the LR callback."""
+    groups = build_param_groups(model, cfg)
+    if not groups:
+        raise ValueError("the model has no trainable parameters (check model.backbone.freeze_at)")
+    return paddle.optimizer.Momentum(
+        learning_rate=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        parameters=groups,
+        weight_decay=cfg.optim.weight_decay,
+    )

@@ -1,0 +1,42 @@
+"""The evaluation loop shared by training (``Trainer.validate``) and ``tools/eval.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
+
+import paddle
+
+from fcos.evaluation.coco_eval import CocoEvaluator
+
+
+def predict_batch(model: paddle.nn.Layer, batch: Any) -> list[dict]:
+    """Eval-mode forward of one ``Batch`` -> per-image dict(boxes (k,4) xyxy original pixels, scores, labels)."""
+    from fcos.modeling.postprocess import split_detections
+
+    bboxes, bbox_num = model(batch.images, batch.im_shape, batch.scale_factor)
+    return split_detections(bboxes, bbox_num)
+
+
+def run_evaluation(
+    model: paddle.nn.Layer,
+    loader: Iterable[Any],
+    evaluator: CocoEvaluator,
+    on_batch: Optional[Callable[[list[dict], Any, int], None]] = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, float]:
+    """Predict every batch of ``loader`` and evaluate. With ``world_size`` > 1 each rank runs the model
+    on batches ``i % world_size == rank`` and the evaluator gathers the results; ``model`` is left in
+    eval mode (the caller restores train mode)."""
+    model.eval()
+    evaluator.reset()
+    with paddle.no_grad():
+        for i, batch in enumerate(loader):
+            if i % world_size != rank:
+                continue
+            detections = predict_batch(model, batch)
+            evaluator.process(batch.image_ids, detections)
+            if on_batch is not None:
+                on_batch(detections, batch, i)
+    return evaluator.evaluate()

@@ -1,0 +1,65 @@
+"""Distributed helpers that degrade to no-ops in a single process.
+
+All functions are safe to call without ``paddle.distributed.init_parallel_env()``: with one process
+they return the input unchanged (reductions) or trivial values (rank 0, world size 1).
+"""
+
+from __future__ import annotations
+
+import paddle
+import paddle.distributed as pdist
+
+
+def get_world_size() -> int:
+    """Number of training processes (1 when not launched with ``paddle.distributed.launch``)."""
+    try:
+        return max(int(pdist.get_world_size()), 1)
+    except Exception:  # pragma: no cover - distributed runtime unavailable
+        return 1
+
+
+def get_rank() -> int:
+    """Rank of this process (0 in a single process)."""
+    try:
+        return int(pdist.get_rank())
+    except Exception:  # pragma: no cover - distributed runtime unavailable
+        return 0
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (the process that logs, evaluates and writes checkpoints)."""
+    return get_rank() == 0
+
+
+def _is_initialized() -> bool:
+    try:
+        return bool(pdist.is_initialized())
+    except Exception:  # pragma: no cover - older Paddle
+        return get_world_size() > 1
+
+
+def all_reduce_sum(tensor: paddle.Tensor) -> paddle.Tensor:
+    """Sum of ``tensor`` over all processes; returns a new tensor (the input is left untouched).
+
+    With one process the input itself is returned. The result carries no gradient across processes
+    (use it for normalisers, not for values you back-propagate through).
+    """
+    if get_world_size() == 1 or not _is_initialized():
+        return tensor
+    out = tensor.detach().clone()
+    pdist.all_reduce(out, op=pdist.ReduceOp.SUM)
+    return out
+
+
+def all_reduce_mean(tensor: paddle.Tensor) -> paddle.Tensor:
+    """Mean of ``tensor`` over all processes (the input itself with one process)."""
+    world = get_world_size()
+    if world == 1 or not _is_initialized():
+        return tensor
+    return all_reduce_sum(tensor) / float(world)
+
+
+def barrier() -> None:
+    """Wait for all processes (no-op with one process)."""
+    if get_world_size() > 1 and _is_initialized():
+        pdist.barrier()
