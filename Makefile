@@ -1,23 +1,31 @@
-# fcos-paddle. `make install && make demo` on a fresh machine; `make test` runs the test suite.
+# fcos-paddle. On a fresh machine: `make demo` (installs on first use, then runs the no-download demo); `make test`.
 PYTHON ?= python3
 PADDLE ?= paddlepaddle==3.3.1
 CFG ?= configs/rt_dla34.yml
 W ?=
 OPTS ?=
+STAMP := .make/installed
 
 .PHONY: install demo test test-reference lint format train eval infer export benchmark vdl clean
 
-install:  ## the package, its dependencies, and CPU Paddle unless a Paddle is already installed
+# The package, its dependencies, and CPU Paddle unless a Paddle (e.g. paddlepaddle-gpu) is already installed.
+# The stamp makes `make demo` / `make test` install once on a fresh clone and skip it afterwards.
+$(STAMP): setup.py setup.cfg
 	@$(PYTHON) -c "import paddle" 2>/dev/null && echo "Paddle already installed: keeping it" || $(PYTHON) -m pip install "$(PADDLE)"
 	$(PYTHON) -m pip install -e ".[dev]"
+	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
-demo:  ## synthetic data -> train -> evaluate -> export -> deploy on images and a video (CPU, minutes)
-	$(PYTHON) tools/demo.py
+install:  ## (re)install: make install [PADDLE=paddlepaddle-gpu]
+	@rm -f $(STAMP)
+	@$(MAKE) --no-print-directory $(STAMP) PYTHON="$(PYTHON)" PADDLE="$(PADDLE)"
 
-test:  ## the CI test suite
+demo: $(STAMP)  ## synthetic data -> train -> evaluate -> export -> deploy on images and a video (CPU, minutes)
+	$(PYTHON) tools/demo.py $(OPTS)
+
+test: $(STAMP)  ## the CI test suite
 	$(PYTHON) -m pytest -q tests
 
-test-reference:  ## parity against torchvision / timm (creates .venv-ref with torch; slow)
+test-reference: $(STAMP)  ## parity against torchvision / timm (creates .venv-ref with torch; slow)
 	bash tests/reference/run.sh
 
 lint:
@@ -28,20 +36,20 @@ format:
 	ruff format .
 	ruff check --fix .
 
-train:
+train: $(STAMP)
 	$(PYTHON) tools/train.py -c $(CFG) $(OPTS)
 
-eval:
+eval: $(STAMP)
 	$(PYTHON) tools/eval.py -c $(CFG) -w $(W) $(OPTS)
 
-infer:
+infer: $(STAMP)
 	$(PYTHON) tools/infer.py -c $(CFG) -w $(W) $(OPTS)
 
-export:
+export: $(STAMP)
 	$(PYTHON) tools/export.py -c $(CFG) -w $(W) $(OPTS)
 
-benchmark:
-	$(PYTHON) benchmarks/latency.py
+benchmark: $(STAMP)
+	$(PYTHON) benchmarks/latency.py $(OPTS)
 
 vdl:
 	visualdl --logdir output --language en
