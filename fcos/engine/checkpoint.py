@@ -5,9 +5,11 @@ parameter's structured name, so they survive Paddle's auto-generated names chang
 processes) and ``ema.<param>``; metadata ``{"format": "fcos-train-checkpoint", "state": <JSON>}``
 with step, best metric, schedule, scaler, RNG, callback states and the resolved config. No pickle.
 
-Writing goes to a temp file in the same directory, is fsynced, renamed over the target with
-``os.replace`` and the directory is fsynced, so a crash leaves either the old or the new file,
-never a half-written one under the final name.
+Writing goes through :func:`fcos.checkpoint.weights.write_file_atomic`: a temp file in the same
+directory, fsynced, renamed over the target with ``os.replace``, then the directory is fsynced, so
+a crash leaves either the old or the new file, never a half-written one under the final name.
+Temp files of a killed process are removed when the next run starts
+(:func:`remove_stale_temp_files`). Reading uses safetensors only (no pickle).
 """
 
 from __future__ import annotations
@@ -17,19 +19,22 @@ import json
 import logging
 import os
 import re
-import tempfile
 from typing import Any, Optional
 
 import numpy as np
 import paddle
-from safetensors.numpy import load as st_load_bytes
+from safetensors import safe_open
 from safetensors.numpy import save as st_save_bytes
+
+from fcos.checkpoint.weights import TRAIN_CHECKPOINT_FORMAT, write_file_atomic
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "fcos-train-checkpoint"
+FORMAT = TRAIN_CHECKPOINT_FORMAT  # "fcos-train-checkpoint"
 STEP_FILE = re.compile(r"^step_(\d+)\.safetensors$")
-TMP_PREFIX = ".tmp-"
+BEST_FILE = "best.safetensors"
+# write_file_atomic names its temp files ".<target name>.<random>.tmp" in the target's directory
+TMP_PATTERN = ".*.tmp"
 
 
 class CheckpointError(RuntimeError):
@@ -41,46 +46,10 @@ class CheckpointError(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically and durably (temp file, fsync, ``os.replace``, fsync dir).
-
-    On any error (disk full, interrupt) the temp file is removed and an existing ``path`` is untouched.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
 def remove_stale_temp_files(directory: str) -> int:
     """Delete temp files left by a process killed while writing; returns how many were removed."""
     n = 0
-    for p in glob.glob(os.path.join(directory, TMP_PREFIX + "*")):
+    for p in glob.glob(os.path.join(directory, TMP_PATTERN)):
         try:
             os.remove(p)
             n += 1
@@ -98,25 +67,23 @@ def _to_numpy(t: Any) -> np.ndarray:
 
 
 def save_checkpoint(path: str, tensors: dict[str, Any], state: dict[str, Any]) -> None:
-    """Write ``tensors`` (name -> paddle/numpy array) and the JSON-able ``state`` to ``path``."""
+    """Write ``tensors`` (name -> paddle/numpy array) and the JSON-able ``state`` to ``path``
+    atomically and durably (temp file in the same directory, fsync, rename, fsync directory)."""
     arrays = {k: _to_numpy(v) for k, v in tensors.items()}
     metadata = {"format": FORMAT, "state": json.dumps(state, allow_nan=True)}
-    atomic_write_bytes(path, st_save_bytes(arrays, metadata=metadata))
+    write_file_atomic(path, st_save_bytes(arrays, metadata=metadata))
 
 
 def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a trainer checkpoint -> (tensors, state). Raises :class:`CheckpointError` naming the file."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        arrays = st_load_bytes(data)
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
+        with safe_open(path, framework="numpy") as f:
+            meta = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated files
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
-    meta = header.get("__metadata__") or {}
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a trainer checkpoint (metadata format {meta.get('format')!r}); "
@@ -139,6 +106,19 @@ def list_step_checkpoints(directory: str) -> list[str]:
         if m:
             found.append((int(m.group(1)), os.path.join(directory, name)))
     return [p for _, p in sorted(found)]
+
+
+def find_best_weights(run_dir: str) -> str:
+    """The weights to evaluate/export from a run: ``checkpoints/best.safetensors`` when an evaluation
+    produced one, else the newest ``checkpoints/step_*.safetensors``. Raises ``FileNotFoundError``."""
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    best = os.path.join(ckpt_dir, BEST_FILE)
+    if os.path.isfile(best):
+        return best
+    steps = list_step_checkpoints(ckpt_dir)
+    if steps:
+        return steps[-1]
+    raise FileNotFoundError(f"no checkpoint in {ckpt_dir} (train first: tools/train.py -c CONFIG)")
 
 
 def load_latest_checkpoint(directory: str) -> Optional[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:

@@ -23,7 +23,7 @@ class TrainState:
     best_metric: Optional[float] = None  # best value of the monitored metric so far
     best_step: Optional[int] = None
     last_eval_step: Optional[int] = None
-    nan_seen: bool = False  # a non-finite loss/gradient happened in this run: never save it as best
+    nan_seen: bool = False  # a non-finite loss/gradient happened in this process: never save best after it
     skipped_steps: int = 0  # steps skipped (non-finite loss with nan_policy=skip, or AMP overflow)
     should_stop: bool = False  # set by callbacks (NaN guard, early stopping); the loop ends after the step
     stop_reason: str = ""
@@ -34,7 +34,7 @@ class TrainState:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able state saved in checkpoints (per-step flags excluded)."""
         d = dataclasses.asdict(self)
-        for transient in ("should_stop", "stop_reason", "skip_step", "start_step"):
+        for transient in ("should_stop", "stop_reason", "skip_step", "start_step", "nan_seen"):
             d.pop(transient)
         return d
 

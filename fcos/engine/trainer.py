@@ -22,6 +22,8 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import paddle
 
+from fcos.checkpoint.convert_common import weights_metadata
+from fcos.checkpoint.weights import save_weights
 from fcos.config import Config, config_to_dict
 from fcos.engine.amp import MixedPrecision
 from fcos.engine.callbacks.base import Callback, order_callbacks
@@ -33,6 +35,7 @@ from fcos.engine.checkpoint import (
     load_optimizer_tensors,
     model_tensors,
     optimizer_tensors,
+    save_checkpoint,
 )
 from fcos.engine.state import TrainState
 from fcos.evaluation.coco_eval import CocoEvaluator
@@ -78,6 +81,9 @@ class Trainer:
         run_dir: where checkpoints (``run_dir/checkpoints``) and logs go.
         amp: mixed precision policy (default from ``cfg.train.amp``).
         max_steps: default ``cfg.schedule.max_steps``.
+        class_names, category_ids: the dataset's label map (contiguous label -> name / COCO id), stored
+            with the best weights; default ``cfg.data.class_names`` and ids 1..C.
+        resume_from: default of ``fit(resume=...)``.
     """
 
     def __init__(
@@ -92,6 +98,9 @@ class Trainer:
         run_dir: str = "output/run",
         amp: Optional[MixedPrecision] = None,
         max_steps: Optional[int] = None,
+        class_names: Optional[list[str]] = None,
+        category_ids: Optional[list[int]] = None,
+        resume_from: Union[bool, str, None] = None,
     ) -> None:
         self.cfg = cfg
         self.model = model
@@ -115,6 +124,10 @@ class Trainer:
         )
         self.metrics: dict[str, float] = {}
         self._timer: Optional[tuple[float, int]] = None
+        n = cfg.model.num_classes
+        self.class_names = list(class_names or cfg.data.class_names or [f"class_{i}" for i in range(n)])
+        self.category_ids = [int(c) for c in (category_ids or range(1, n + 1))]
+        self.resume_from = resume_from
 
     # ------------------------------------------------------------------------------------------
     # hooks
@@ -133,8 +146,10 @@ class Trainer:
         """Train until ``state.max_steps`` or a callback sets ``state.should_stop``.
 
         ``resume``: a checkpoint path, or True for the newest readable one in ``run_dir/checkpoints``
-        (starting fresh when there is none).
+        (starting fresh when there is none); default ``self.resume_from``.
         """
+        if resume is None:
+            resume = self.resume_from
         self.call("setup", "fit")
         try:
             if resume:
@@ -261,7 +276,8 @@ class Trainer:
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
             "metrics": dict(self.metrics),
             "config": config_to_dict(self.cfg),
-            "class_names": list(self.cfg.data.class_names),
+            "class_names": list(self.class_names),
+            "category_ids": list(self.category_ids),
             "paddle_version": paddle.__version__,
         }
         ckpt = {"tensors": tensors, "state": state}
@@ -269,10 +285,26 @@ class Trainer:
         return ckpt
 
     def save_checkpoint(self, path: str) -> None:
-        from fcos.engine.checkpoint import save_checkpoint
-
+        """Write everything needed for an exact resume to ``path`` (atomic, durable)."""
         ckpt = self.checkpoint_dict()
         save_checkpoint(path, ckpt["tensors"], ckpt["state"])
+
+    def save_weights(self, path: str, extra: Optional[dict[str, Any]] = None) -> None:
+        """Write the weights that were just evaluated (EMA weights when EMA is on) as a weights-only
+        ``.safetensors`` with the metadata ``-c CONFIG -w FILE`` tools need (classes, category ids, input)."""
+        ckpt = self.checkpoint_dict()
+        tensors = ckpt["tensors"]
+        prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        meta = weights_metadata(
+            self.cfg,
+            recipe=os.path.splitext(os.path.basename(self.cfg.source))[0] if self.cfg.source else "custom",
+            source=f"trained with fcos-paddle, step {self.state.global_step}",
+            class_names=self.class_names,
+            category_ids=self.category_ids,
+            extra={"step": self.state.global_step, "ema": prefix == "ema.", **(extra or {})},
+        )
+        save_weights(path, state, meta)
 
     def resume(self, source: Union[bool, str]) -> Optional[str]:
         """Restore everything from ``source`` (a path, or True: newest readable in ``ckpt_dir``)."""
@@ -316,9 +348,9 @@ class Trainer:
     def _check_compatible(self, state: dict[str, Any], path: str) -> None:
         old = state.get("config", {})
         old_names = state.get("class_names") or []
-        if old_names and self.cfg.data.class_names and list(old_names) != list(self.cfg.data.class_names):
+        if old_names and list(old_names) != list(self.class_names):
             raise CheckpointError(
-                f"{path} was trained on classes {old_names}, the config has {self.cfg.data.class_names}; "
+                f"{path} was trained on classes {old_names}, this run has {self.class_names}; "
                 "to fine-tune on new classes use -w/--weights instead of --resume"
             )
         old_batch = old.get("data", {}).get("batch_size")

@@ -54,6 +54,22 @@ def load_coco_quietly(ann_file: str) -> COCO:
         return COCO(ann_file)
 
 
+def load_results(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
+    """``coco_gt.loadRes(results)``, also for an empty list (pycocotools crashes on ``loadRes([])``):
+    then a result set with the GT images and categories and no annotations, which COCOeval scores
+    as precision and recall 0 for every category that has ground truth."""
+    if results:
+        return coco_gt.loadRes(results)
+    coco_dt = COCO()
+    coco_dt.dataset = {
+        "images": list(coco_gt.dataset.get("images", [])),
+        "categories": list(coco_gt.dataset.get("categories", [])),
+        "annotations": [],
+    }
+    coco_dt.createIndex()
+    return coco_dt
+
+
 def detections_to_coco(image_id: int, det: dict[str, np.ndarray], category_ids: Sequence[int]) -> list[dict[str, Any]]:
     """One image's detections (boxes (k,4) xyxy original pixels, scores (k,), labels (k,) contiguous)
     as COCO result dicts with ``bbox`` in xywh and the dataset's ``category_id``."""
@@ -125,9 +141,11 @@ class CocoEvaluator:
         self.prefix = prefix
         self._results: list[dict[str, Any]] = []
         self._image_ids: list[int] = []
-        self.coco_eval: Optional[COCOeval] = None  # the last COCOeval run (None when there were no detections)
+        self.coco_eval: Optional[COCOeval] = None  # the last COCOeval run
         self.per_class: dict[str, float] = {}
-        self.stats = np.zeros(12)
+        self.stats = np.zeros(12)  # the 12 COCO numbers, -1 ("no such ground truth") reported as 0
+        self.raw_stats = np.zeros(12)  # exactly COCOeval.stats
+        self.num_detections = 0
 
     def reset(self) -> None:
         self._results = []
@@ -157,6 +175,7 @@ class CocoEvaluator:
 
         results = _gather_lists(self._results)
         seen = set(_gather_lists(self._image_ids))
+        self.num_detections = len(results)
         if not is_main_process():
             return {}
         gt_ids = set(self.coco_gt.getImgIds())
@@ -171,23 +190,20 @@ class CocoEvaluator:
             logger.warning(
                 "%d of %d ground-truth images were not evaluated; they count as misses", missing, len(gt_ids)
             )
-        self.per_class = {name: 0.0 for name in self.class_names}
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_dt = load_results(self.coco_gt, results)
+            coco_eval = COCOeval(self.coco_gt, coco_dt, "bbox")
+            coco_eval.params.imgIds = sorted(gt_ids)
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
         if not results:
             logger.warning("no detections on %d images: every AP is 0", len(seen))
-            self.coco_eval = None
-            self.stats = np.zeros(12)
-        else:
-            with contextlib.redirect_stdout(io.StringIO()):
-                coco_dt = self.coco_gt.loadRes(results)
-                coco_eval = COCOeval(self.coco_gt, coco_dt, "bbox")
-                coco_eval.params.imgIds = sorted(gt_ids)
-                coco_eval.evaluate()
-                coco_eval.accumulate()
-                coco_eval.summarize()
-            self.coco_eval = coco_eval
-            # -1 means "no ground truth of that kind"; report it as 0 like most tools.
-            self.stats = np.maximum(np.asarray(coco_eval.stats, dtype=np.float64), 0.0)
-            self.per_class = self._per_class_ap(coco_eval)
+        self.coco_eval = coco_eval
+        self.raw_stats = np.asarray(coco_eval.stats, dtype=np.float64)
+        # -1 means "no ground truth of that kind" (e.g. no small objects); reported as 0 like most tools.
+        self.stats = np.maximum(self.raw_stats, 0.0)
+        self.per_class = self._per_class_ap(coco_eval)
         return {self.prefix + name: float(v) for name, v in zip(STAT_NAMES, self.stats)}
 
     def _per_class_ap(self, coco_eval: COCOeval) -> dict[str, float]:
@@ -227,9 +243,12 @@ class CocoEvaluator:
         return "\n".join(rows)
 
     def write_json(self, path: str, extra: Optional[dict[str, Any]] = None) -> None:
-        """Write ``metrics.json`` with the 12 numbers, the per-class AP and ``extra`` fields."""
-        data: dict[str, Any] = {"bbox": dict(zip(STAT_NAMES, map(float, self.stats)))}
-        data["per_class_AP"] = self.per_class
+        """Write ``metrics.json``: ``bbox_mAP``, ``bbox_AP50``, ... (the 12 numbers), ``per_class_AP``
+        (AP@[.5:.95] per class name), ``num_images``, ``num_detections`` and ``extra`` fields."""
+        data: dict[str, Any] = {f"bbox_{name}": float(v) for name, v in zip(STAT_NAMES, self.stats)}
+        data["per_class_AP"] = dict(self.per_class)
+        data["num_images"] = len(self.coco_gt.getImgIds())
+        data["num_detections"] = self.num_detections
         if extra:
             data.update(extra)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -243,7 +262,7 @@ class CocoEvaluator:
         """
         recall = np.linspace(0.0, 1.0, 101)
         out: dict[str, np.ndarray] = {"recall": recall}
-        if self.coco_eval is None:
+        if self.coco_eval is None or "precision" not in self.coco_eval.eval:
             for name in self.class_names:
                 out[name] = np.zeros_like(recall)
             return out

@@ -1,4 +1,5 @@
-"""Periodic ``step_<n>.safetensors`` checkpoints (keep the newest N) and ``best.safetensors``."""
+"""Periodic ``step_<n>.safetensors`` checkpoints (keep the newest N; the newest is "last") and
+``best.safetensors`` (weights only, with metadata: what tools/eval.py, infer.py and export.py take)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ import os
 from typing import Any
 
 from fcos.engine.callbacks.base import Callback
-from fcos.engine.checkpoint import list_step_checkpoints, remove_stale_temp_files
+from fcos.engine.checkpoint import BEST_FILE, list_step_checkpoints, remove_stale_temp_files
 
 logger = logging.getLogger(__name__)
 
 
 class ModelCheckpoint(Callback):
     """Saves every ``every_n_steps`` steps and at the end of training (rank 0 only), keeps the newest
-    ``keep_last`` step files, and writes ``best.safetensors`` when ``monitor`` improves (``mode`` max
-    or min). A run that met a non-finite loss (``state.nan_seen``) never replaces ``best``. Runs after
+    ``keep_last`` step files (full trainer checkpoints for ``--resume``), and writes the evaluated
+    weights to ``best.safetensors`` when ``monitor`` improves (``mode`` max or min). A run that met a non-finite loss (``state.nan_seen``) never replaces ``best``. Runs after
     the other callbacks (``monitoring``), so it sees the evaluation of the same step.
     """
 
@@ -36,7 +37,7 @@ class ModelCheckpoint(Callback):
 
     @property
     def best_path(self) -> str:
-        return os.path.join(self.dirpath, "best.safetensors")
+        return os.path.join(self.dirpath, BEST_FILE)
 
     def step_path(self, step: int) -> str:
         return os.path.join(self.dirpath, f"step_{step:07d}.safetensors")
@@ -87,7 +88,7 @@ class ModelCheckpoint(Callback):
             state.best_metric = float(value)
             state.best_step = state.global_step
             if trainer.is_main:
-                trainer.save_checkpoint(self.best_path)
+                trainer.save_weights(self.best_path, extra={"monitor": self.monitor, "value": float(value)})
                 logger.info("new best %s=%.4f at step %d -> %s", self.monitor, value, state.global_step, self.best_path)
 
     def state_dict(self) -> dict[str, Any]:
