@@ -16,7 +16,7 @@ from fcos.config import ModelConfig
 from fcos.modeling.assigner import assign_targets
 from fcos.modeling.fpn import FPN
 from fcos.modeling.head import FCOSHead
-from fcos.modeling.losses import fcos_losses
+from fcos.modeling.losses import MovingFgNormalizer, fcos_losses
 from fcos.modeling.points import compute_points
 from fcos.modeling.postprocess import postprocess_detections
 
@@ -43,18 +43,26 @@ class FCOS(nn.Layer):
         fpn: :class:`~fcos.modeling.fpn.FPN`.
         head: :class:`~fcos.modeling.head.FCOSHead`.
         cfg: the model section of the config (strides, assigner, loss, postprocess, head options).
+        grid_strides: place the points of each level every (H // H_l, W // W_l) pixels of the padded input
+            instead of every stride, as torchvision does (see :func:`~fcos.modeling.points.compute_points`);
+            regression is still scaled by the nominal stride (torchvision's anchor size).
 
-    Attributes: ``strides`` (per level, P3 first), ``num_classes``, ``cfg``.
+    Attributes: ``strides`` (per level, P3 first), ``num_classes``, ``cfg``, ``grid_strides``,
+    ``moving_fg`` (the foreground-count EMA when ``loss.cls_normalizer == "moving_fg"``, else None).
     """
 
-    def __init__(self, backbone: nn.Layer, fpn: FPN, head: FCOSHead, cfg: ModelConfig) -> None:
+    def __init__(
+        self, backbone: nn.Layer, fpn: FPN, head: FCOSHead, cfg: ModelConfig, grid_strides: bool = False
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.fpn = fpn
         self.head = head
         self.cfg = cfg
+        self.grid_strides = bool(grid_strides)
         self.num_classes = int(cfg.num_classes)
         self.strides = [int(s) for s in cfg.strides]
+        self.moving_fg = MovingFgNormalizer() if cfg.loss.cls_normalizer == "moving_fg" else None
         fpn_strides = list(backbone.strides) + [backbone.strides[-1] * 2**k for k in range(1, fpn.num_extra_levels + 1)]
         if fpn_strides != self.strides:
             raise ValueError(f"FCOS: model.strides {self.strides} do not match the backbone + FPN levels {fpn_strides}")
@@ -89,7 +97,8 @@ class FCOS(nn.Layer):
         """
         cls_logits, bbox_reg, ctr_logits = self.forward_head(images)
         feat_sizes = [_feature_size(f) for f in cls_logits]
-        points = compute_points(feat_sizes, self.strides, self.cfg.head.point_offset)
+        image_size = _feature_size(images) if self.grid_strides else None
+        points = compute_points(feat_sizes, self.strides, self.cfg.head.point_offset, image_size)
         if self.training:
             if targets is None:
                 raise ValueError("FCOS.forward: targets are required in train mode (call model.eval() for inference)")
@@ -134,6 +143,7 @@ class FCOS(nn.Layer):
             reg_targets,
             self.cfg.loss,
             self.num_classes,
+            moving_fg=self.moving_fg,
         )
         out = dict(losses)
         out["loss"] = losses["loss_cls"] + losses["loss_box"] + losses["loss_ctr"]
