@@ -431,9 +431,17 @@ def _load_torch_legacy(path: str, f: Any) -> Any:
     return _finalize(obj, path, data)
 
 
+_MALFORMED = (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, RecursionError)
+
+
 def safe_loads(data: bytes, source: str = "<bytes>") -> Any:
     """Restricted unpickling of one in-memory pickle (numpy arrays and plain containers only)."""
-    return _finalize(_RestrictedUnpickler(io.BytesIO(data), source).load(), source)
+    try:
+        return _finalize(_RestrictedUnpickler(io.BytesIO(data), source).load(), source)
+    except pickle.UnpicklingError:
+        raise
+    except _MALFORMED as e:
+        raise pickle.UnpicklingError(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from e
 
 
 def safe_load(path: str) -> Any:
@@ -466,5 +474,5 @@ def safe_load(path: str) -> Any:
         raise
     except pickle.UnpicklingError:
         raise
-    except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, RecursionError) as e:
+    except _MALFORMED as e:
         raise pickle.UnpicklingError(f"{path}: not a readable pickle/torch file ({type(e).__name__}: {e})") from e
