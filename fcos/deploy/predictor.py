@@ -11,6 +11,7 @@ build :class:`Results`). Drawing is never timed.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -23,9 +24,25 @@ import yaml
 from fcos.config import InputConfig
 from fcos.data.preprocess import preprocess
 from fcos.inference.results import Results
+from fcos.inference.timing import StageTimer
+
+logger = logging.getLogger(__name__)
 
 INFER_CFG_NAME = "infer_cfg.yml"
 PRECISIONS = ("fp32", "bf16", "fp16")
+PROGRAM_EXTS = (".json", ".pdmodel")  # Paddle 3 (PIR) first, then Paddle 2
+
+__all__ = [
+    "INFER_CFG_NAME",
+    "DeployError",
+    "DeployPredictor",
+    "InferCfg",
+    "RuntimeOptions",
+    "StageTimer",
+    "create_paddle_predictor",
+    "find_model_files",
+    "load_infer_cfg",
+]
 
 
 class DeployError(RuntimeError):
@@ -49,6 +66,9 @@ class RuntimeOptions:
     gpu_id: int = 0
     trt_min_subgraph_size: int = 3
     trt_max_batch_size: int = 1
+    ir_optim: bool = True
+    memory_optim: bool = True
+    onednn_cache_capacity: int = 10
 
 
 @dataclass
@@ -67,20 +87,30 @@ class InferCfg:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def find_model_files(model_dir: str) -> tuple[str, str]:
-    """(program file, params file) in ``model_dir``: Paddle 3 ``*.json`` or Paddle 2 ``*.pdmodel``."""
+def find_model_files(model_dir: str, prefix: Optional[str] = None) -> tuple[str, str]:
+    """(program file, params file) in ``model_dir``.
+
+    Accepts Paddle 3 exports (``<prefix>.json`` + ``<prefix>.pdiparams``) and Paddle 2 exports
+    (``<prefix>.pdmodel`` + ``<prefix>.pdiparams``); ``.json`` wins when both exist. ``prefix``
+    (e.g. ``"model"``, ``"inference"``) restricts the search; otherwise ``model`` is tried first, then
+    any other prefix in sorted order. Raises :class:`DeployError` naming the directory.
+    """
     if not os.path.isdir(model_dir):
         raise DeployError(f"{model_dir}: export directory not found")
-    names = os.listdir(model_dir)
-    params = sorted(n for n in names if n.endswith(".pdiparams"))
-    for ext in (".json", ".pdmodel"):
-        for p in params:
-            prog = p[: -len(".pdiparams")] + ext
-            if prog in names:
-                return os.path.join(model_dir, prog), os.path.join(model_dir, p)
+    names = set(os.listdir(model_dir))
+    stems = sorted(n[: -len(".pdiparams")] for n in names if n.endswith(".pdiparams"))
+    if prefix is not None:
+        stems = [s for s in stems if s == prefix]
+    stems.sort(key=lambda s: (s != "model", s))
+    for stem in stems:
+        for ext in PROGRAM_EXTS:
+            if stem + ext in names:
+                return os.path.join(model_dir, stem + ext), os.path.join(model_dir, stem + ".pdiparams")
+    programs = sorted(n for n in names if n.endswith(PROGRAM_EXTS))
+    hint = f" (found {programs} without a matching .pdiparams)" if programs else ""
     raise DeployError(
-        f"{model_dir}: no exported model found (expected model.json or model.pdmodel next to model.pdiparams; "
-        "create one with tools/export.py)"
+        f"{model_dir}: no exported model found: expected model.json (Paddle 3) or model.pdmodel (Paddle 2) "
+        f"next to model.pdiparams{hint}; create one with tools/export.py"
     )
 
 
@@ -109,11 +139,14 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
             raise DeployError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(data, dict):
         raise DeployError(f"{path}: top level must be a mapping")
+    # The files named in infer_cfg.yml when present (an export copied from Paddle 2 to 3 keeps working
+    # because a missing named file falls back to the directory search).
     prog, params = find_model_files(model_dir)
-    if data.get("model_file"):
-        prog = os.path.join(model_dir, data["model_file"])
-        if not os.path.isfile(prog):
-            prog = find_model_files(model_dir)[0]
+    named_prog, named_params = data.get("model_file"), data.get("params_file")
+    if isinstance(named_prog, str) and os.path.isfile(os.path.join(model_dir, named_prog)):
+        prog = os.path.join(model_dir, named_prog)
+        if isinstance(named_params, str) and os.path.isfile(os.path.join(model_dir, named_params)):
+            params = os.path.join(model_dir, named_params)
     pp = data.get("preprocess") or {}
     where = f"{path} preprocess"
     defaults = InputConfig()
@@ -145,6 +178,9 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
         gpu_id=_get(rt, "gpu_id", int, base.gpu_id, where_rt),
         trt_min_subgraph_size=_get(rt, "trt_min_subgraph_size", int, base.trt_min_subgraph_size, where_rt),
         trt_max_batch_size=_get(rt, "trt_max_batch_size", int, base.trt_max_batch_size, where_rt),
+        ir_optim=_get(rt, "ir_optim", bool, base.ir_optim, where_rt),
+        memory_optim=_get(rt, "memory_optim", bool, base.memory_optim, where_rt),
+        onednn_cache_capacity=_get(rt, "onednn_cache_capacity", int, base.onednn_cache_capacity, where_rt),
     )
     names = [str(n) for n in data.get("class_names") or []]
     num_classes = int(data.get("num_classes") or len(names))
@@ -181,11 +217,15 @@ def cpu_supports_bf16() -> bool:
     return False
 
 
-def create_paddle_predictor(model_file: str, params_file: str, opts: RuntimeOptions) -> Any:
+def create_paddle_predictor(
+    model_file: str, params_file: str, opts: RuntimeOptions, onednn_placement: bool = True
+) -> Any:
     """A ``paddle.inference`` predictor for the program/params files with ``opts`` applied.
 
-    Raises :class:`DeployError` for impossible combinations (GPU without CUDA, bf16 on a CPU without
-    bf16 instructions, fp16 without TensorRT on GPU).
+    ``onednn_placement=False`` removes the pass that moves every op with a oneDNN kernel onto oneDNN
+    (a workaround for ops Paddle 3.3.1 cannot run that way). Raises :class:`DeployError` for
+    impossible combinations (GPU without CUDA, bf16 on a CPU without bf16 instructions, fp16 without
+    TensorRT on GPU).
     """
     import paddle
     import paddle.inference as pi
@@ -196,7 +236,11 @@ def create_paddle_predictor(model_file: str, params_file: str, opts: RuntimeOpti
         raise DeployError(f"device must be 'cpu' or 'gpu', got {opts.device!r}")
     config = pi.Config(model_file, params_file)
     config.disable_glog_info()
-    config.switch_ir_optim(True)
+    config.switch_ir_optim(opts.ir_optim)  # graph fusions (conv+bn+act, ...)
+    if opts.memory_optim and not model_file.endswith(".json"):
+        # Reuse buffers between ops. Only for Paddle 2 programs: with a Paddle 3 (PIR) model.json,
+        # Paddle 3.3.1 fails in create_predictor ("Not find ... memory_optimize_pass").
+        config.enable_memory_optim()
     if opts.device == "gpu":
         if not paddle.is_compiled_with_cuda():
             raise DeployError("device 'gpu' requested but this Paddle build has no CUDA; use --device cpu")
@@ -222,56 +266,21 @@ def create_paddle_predictor(model_file: str, params_file: str, opts: RuntimeOpti
         if opts.precision == "fp16":
             raise DeployError("precision 'fp16' needs a GPU with TensorRT; on CPU use fp32 or bf16")
         if opts.use_mkldnn:
-            config.enable_mkldnn()
-            config.set_mkldnn_cache_capacity(10)
+            config.enable_onednn()
+            # oneDNN caches kernels per input shape; bound it so a stream of differently sized images
+            # cannot grow memory without limit (0 would mean unbounded).
+            config.set_onednn_cache_capacity(max(1, opts.onednn_cache_capacity))
             if opts.precision == "bf16":
                 if not cpu_supports_bf16():
                     raise DeployError("precision 'bf16' needs a CPU with AVX512-BF16 or AMX; use fp32")
-                config.enable_mkldnn_bfloat16()
+                config.enable_onednn_bfloat16()
+            if not onednn_placement:
+                config.delete_pass("onednn_placement_pass")
         elif opts.precision == "bf16":
             raise DeployError("precision 'bf16' runs through oneDNN: enable use_mkldnn")
         else:
             config.disable_mkldnn()
     return pi.create_predictor(config)
-
-
-class StageTimer:
-    """Per-stage wall times in seconds; ``warmup`` first calls of ``predict`` are not recorded."""
-
-    STAGES = ("pre", "infer", "post")
-
-    def __init__(self, warmup: int = 0) -> None:
-        self.warmup = warmup
-        self.calls = 0
-        self.times: dict[str, list[float]] = {s: [] for s in self.STAGES}
-        self.images = 0
-
-    def record(self, stage_times: dict[str, float], num_images: int) -> None:
-        self.calls += 1
-        if self.calls <= self.warmup:
-            return
-        for k, v in stage_times.items():
-            self.times[k].append(v)
-        self.images += num_images
-
-    def reset(self) -> None:
-        self.__init__(self.warmup)  # type: ignore[misc]
-
-    def median_ms(self) -> dict[str, float]:
-        return {k: float(np.median(v)) * 1e3 if v else float("nan") for k, v in self.times.items()}
-
-    def summary(self) -> str:
-        n = len(self.times["pre"])
-        if n == 0:
-            return f"no timed runs (warm-up {self.warmup} calls)"
-        med = self.median_ms()
-        total = sum(med.values())
-        per_img = total / max(1.0, self.images / n)
-        return (
-            f"{n} timed calls after {self.warmup} warm-up, median ms per call: pre {med['pre']:.1f} | "
-            f"infer (network + decode + NMS) {med['infer']:.1f} | post {med['post']:.1f} | total {total:.1f} "
-            f"-> {1000.0 / per_img:.2f} FPS (drawing excluded)"
-        )
 
 
 def split_batch_detections(bboxes: np.ndarray, bbox_num: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -288,13 +297,16 @@ def split_batch_detections(bboxes: np.ndarray, bbox_num: np.ndarray) -> list[dic
     return out
 
 
+_ONEDNN_PIR_BUG = "ConvertPirAttribute2RuntimeAttribute"
+
+
 class DeployPredictor:
     """Run an exported model directory on Paddle Inference.
 
     Any argument left ``None`` comes from infer_cfg.yml (``runtime:``, ``preprocess:`` and
     ``draw_threshold``), so editing that file changes behaviour without re-exporting.
     ``predict(images)`` takes BGR uint8 (H, W, 3) arrays and returns one :class:`Results` each
-    (boxes xyxy in original pixels).
+    (boxes (k, 4) xyxy in original pixels, all detections the graph kept; filter by ``draw_threshold``).
     """
 
     def __init__(
@@ -327,41 +339,37 @@ class DeployPredictor:
             self.cfg.input.test_max = int(max_size)
         if draw_threshold is not None:
             self.cfg.draw_threshold = float(draw_threshold)
-        self.predictor = create_paddle_predictor(self.cfg.model_file, self.cfg.params_file, rt)
-        self.input_names = list(self.predictor.get_input_names())
-        self.output_names = list(self.predictor.get_output_names())
+        self.notes: list[str] = []  # runtime fallbacks taken, for reports
+        self._create_runtime()
         self.timer = StageTimer(warmup)
 
-    @property
-    def class_names(self) -> list[str]:
-        return self.cfg.class_names
+    # -- runtime ---------------------------------------------------------------------------------
 
-    @property
-    def draw_threshold(self) -> float:
-        return self.cfg.draw_threshold
-
-    def describe(self) -> str:
-        """Hardware, runtime and input size, for FPS reports."""
-        from fcos.utils.runtime import cpu_name
-
-        rt = self.cfg.runtime
-        if rt.device == "gpu":
-            import paddle
-
-            hw = f"GPU {paddle.device.cuda.get_device_name(rt.gpu_id)}"
-            eng = f"TensorRT {rt.precision}" if rt.use_tensorrt else "CUDA fp32"
-        else:
-            threads = rt.cpu_threads if rt.cpu_threads > 0 else (os.cpu_count() or 1)
-            hw = f"CPU {cpu_name()} ({threads} threads)"
-            eng = f"oneDNN {rt.precision}" if rt.use_mkldnn else "native fp32 (no oneDNN)"
-        inp = self.cfg.input
-        return (
-            f"Paddle Inference | {hw} | {eng} | input short side {inp.test_short}, max {inp.test_max}, "
-            f"pad /{inp.size_divisor}"
+    def _create_runtime(self, onednn_placement: bool = True) -> None:
+        self.predictor = create_paddle_predictor(
+            self.cfg.model_file, self.cfg.params_file, self.cfg.runtime, onednn_placement=onednn_placement
         )
+        self.input_names = list(self.predictor.get_input_names())
+        self.output_names = list(self.predictor.get_output_names())
 
     def run_arrays(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Feed arrays by input name, run, return outputs in graph order."""
+        try:
+            return self._run(feeds)
+        except NotImplementedError as e:
+            # Paddle 3.3.1 cannot run some ops of a loaded PIR program (e.g. nearest_interp) on oneDNN.
+            # Keep oneDNN's fused kernels but leave op placement to Paddle, once, and say so.
+            if _ONEDNN_PIR_BUG not in str(e) or self.notes:
+                raise
+            self.notes.append(
+                "oneDNN could not run an op of this model (Paddle 3.3.1 PIR limitation, e.g. nearest_interp); "
+                "using oneDNN without op placement (slower)"
+            )
+            logger.warning(self.notes[-1])
+            self._create_runtime(onednn_placement=False)
+            return self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         for name in self.input_names:
             if name not in feeds:
                 raise DeployError(f"exported model expects input '{name}', got {sorted(feeds)}")
@@ -372,10 +380,55 @@ class DeployPredictor:
         self.predictor.run()
         return [self.predictor.get_output_handle(n).copy_to_cpu() for n in self.output_names]
 
+    def engine(self) -> str:
+        """The inference engine and precision, e.g. ``Paddle Inference oneDNN fp32``."""
+        rt = self.cfg.runtime
+        if rt.device == "gpu":
+            return f"Paddle Inference {'TensorRT ' + rt.precision if rt.use_tensorrt else 'CUDA fp32'}"
+        if rt.use_mkldnn:
+            return f"Paddle Inference oneDNN {rt.precision}" + (" (no op placement)" if self.notes else "")
+        return "Paddle Inference native CPU fp32 (no oneDNN)"
+
+    # -- public API ------------------------------------------------------------------------------
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.cfg.class_names
+
+    @property
+    def category_ids(self) -> list[int]:
+        return self.cfg.category_ids
+
+    @property
+    def draw_threshold(self) -> float:
+        return self.cfg.draw_threshold
+
+    def describe(self) -> str:
+        """Engine, hardware, threads and input size, for FPS reports."""
+        from fcos.utils.runtime import cpu_name
+
+        rt = self.cfg.runtime
+        if rt.device == "gpu":
+            import paddle
+
+            hw = f"GPU {paddle.device.cuda.get_device_name(rt.gpu_id)}"
+        else:
+            threads = rt.cpu_threads if rt.cpu_threads > 0 else (os.cpu_count() or 1)
+            hw = f"CPU {cpu_name()} ({threads} threads of {os.cpu_count()} logical cores)"
+        inp = self.cfg.input
+        return (
+            f"{self.engine()} | {hw} | input: short side {inp.test_short}, long side <= {inp.test_max}, "
+            f"padded to /{inp.size_divisor}"
+        )
+
     def predict(
         self, images: Sequence[np.ndarray], paths: Optional[Sequence[str]] = None, keep_images: bool = True
     ) -> list[Results]:
-        """Detect objects in BGR uint8 images; one :class:`Results` per image (all scores, unfiltered)."""
+        """Detect objects in BGR uint8 (H, W, 3) images; one :class:`Results` per image (unfiltered).
+
+        Timed stages (``self.timer``): pre (:func:`fcos.data.preprocess.preprocess`), infer (copy in,
+        network, in-graph decoding + NMS, copy out), post (split per image, build Results).
+        """
         if len(images) == 0:
             return []
         t0 = time.perf_counter()
@@ -387,6 +440,8 @@ class DeployPredictor:
         t2 = time.perf_counter()
         bboxes, bbox_num = self._pick_outputs(outputs)
         dets = split_batch_detections(bboxes, bbox_num)
+        if len(dets) != len(images):
+            raise DeployError(f"exported model returned detections for {len(dets)} images, expected {len(images)}")
         results = [
             Results(
                 boxes=d["boxes"],
@@ -396,6 +451,7 @@ class DeployPredictor:
                 image=img if keep_images else None,
                 path=paths[i] if paths else "",
                 orig_shape=(int(img.shape[0]), int(img.shape[1])),
+                category_ids=self.cfg.category_ids,
             )
             for i, (d, img) in enumerate(zip(dets, images))
         ]
@@ -406,7 +462,10 @@ class DeployPredictor:
     @staticmethod
     def _pick_outputs(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         if len(outputs) != 2:
-            raise DeployError(f"exported model has {len(outputs)} outputs; expected (bboxes [K,6], bbox_num [N])")
+            raise DeployError(
+                f"exported model has {len(outputs)} outputs; expected (bboxes [K, 6], bbox_num [N]): "
+                "export with export.with_nms=true"
+            )
         a, b = outputs
         if a.ndim == 1 and b.ndim == 2:
             a, b = b, a

@@ -20,8 +20,8 @@ import numpy as np
 from fcos.config import Config
 from fcos.data.coco_names import default_category_ids, default_class_names
 from fcos.data.preprocess import preprocess
-from fcos.deploy.predictor import StageTimer
 from fcos.inference.results import Results
+from fcos.inference.timing import StageTimer
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,10 @@ class Detector:
 
     Args:
         cfg: the model's config (architecture, ``input`` preprocessing, class names).
-        weights: a weights file for :func:`fcos.checkpoint.weights.read_weights` (.safetensors,
-            .npz, .pdparams, trainer checkpoint); its metadata supplies class names and category ids.
+        weights: a weights file read by :func:`fcos.checkpoint.weights.read_weights` (.safetensors,
+            .npz, .pdparams, trainer checkpoint; pickle-based files only through the safe loader) and
+            loaded with :func:`fcos.checkpoint.weights.load_weights`; its metadata supplies class
+            names and category ids.
         model: an already built (and loaded) FCOS layer to use instead of building one.
         class_names / category_ids: override the names and COCO category ids.
     """
@@ -70,6 +72,7 @@ class Detector:
         category_ids: Optional[Sequence[int]] = None,
     ) -> None:
         self.cfg = cfg
+        self.load_report: Any = None
         metadata: dict[str, Any] = {}
         if model is None:
             from fcos.modeling import build_model
@@ -80,8 +83,10 @@ class Detector:
 
             state, metadata = read_weights(weights)
             report = load_weights(model, state)
-            if getattr(report, "missing", None) or getattr(report, "shape_mismatch", None):
-                logger.warning("loading %s: %s", weights, report)
+            report.source = weights
+            if report.missing or report.shape_mismatch:
+                logger.warning("%s", report)
+            self.load_report = report
         self.model = model
         self.model.eval()
         self.metadata = metadata
@@ -100,7 +105,9 @@ class Detector:
         """Detect objects; ``images`` are BGR uint8 (H, W, 3) arrays or image paths.
 
         Returns one :class:`Results` per image, in order, with all detections the model kept
-        (filter with ``Results.filter(threshold)``). ``batch_size`` images share one forward pass.
+        (``model.postprocess.score_thresh`` and above; filter with ``Results.filter(threshold)``):
+        boxes (k, 4) xyxy in original pixels. ``batch_size`` images share one forward pass;
+        ``paths`` names array inputs (``Results.path``).
         """
         import paddle
 
@@ -142,6 +149,7 @@ class Detector:
                         image=img if keep_images else None,
                         path=name,
                         orig_shape=(int(img.shape[0]), int(img.shape[1])),
+                        category_ids=self.category_ids,
                     )
                 )
             t3 = time.perf_counter()

@@ -34,6 +34,8 @@ class Results:
     image: Optional[np.ndarray] = None
     path: str = ""
     orig_shape: tuple[int, int] = (0, 0)
+    category_ids: list[int] = field(default_factory=list)
+    file_name: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -69,6 +71,8 @@ class Results:
             image=self.image,
             path=self.path,
             orig_shape=self.orig_shape,
+            category_ids=self.category_ids,
+            file_name=self.file_name,
         )
 
     def plot(
@@ -96,11 +100,11 @@ class Results:
             )
         return out
 
-    def to_json(self, threshold: float = 0.0) -> str:
-        """JSON text of ``{"path", "orig_shape", "detections": to_dicts(threshold)}``."""
-        return json.dumps(
-            {"path": self.path, "orig_shape": list(self.orig_shape), "detections": self.to_dicts(threshold)}
-        )
+    def coco_file_name(self) -> str:
+        """The ``file_name`` of this image's COCO records: ``file_name`` if set, else basename of ``path``."""
+        if self.file_name is not None:
+            return self.file_name
+        return os.path.basename(self.path) if self.path else ""
 
     def to_coco(
         self,
@@ -109,30 +113,90 @@ class Results:
         threshold: float = 0.0,
         file_name: Optional[str] = None,
     ) -> list[dict[str, Any]]:
-        """COCO result records: category_id = ``category_ids[label]`` (label + 1 when not given),
-        bbox = [x, y, w, h] in original pixels, score; plus image_id and/or file_name when given."""
+        """COCO result records, one per detection with ``score >= threshold``:
+        ``{"image_id"?, "file_name", "category_id", "bbox": [x, y, w, h] original pixels, "score"}``.
+
+        category_id = ``category_ids[label]`` (argument, else ``self.category_ids``, else label + 1);
+        file_name defaults to :meth:`coco_file_name`; image_id only when given.
+        """
+        cat_ids = list(category_ids) if category_ids is not None else list(self.category_ids)
+        name = self.coco_file_name() if file_name is None else file_name
         recs = []
         for b, s, lb in zip(self.boxes, self.scores, self.labels):
             if s < threshold:
                 continue
             lb = int(lb)
-            if category_ids is not None:
-                if not 0 <= lb < len(category_ids):
-                    raise ValueError(f"label {lb} has no category id (only {len(category_ids)} given)")
-                cat = int(category_ids[lb])
+            if cat_ids:
+                if not 0 <= lb < len(cat_ids):
+                    raise ValueError(f"{self.path or 'Results'}: label {lb} has no category id ({len(cat_ids)} given)")
+                cat = int(cat_ids[lb])
             else:
                 cat = lb + 1
             x1, y1, x2, y2 = (float(v) for v in b)
             rec: dict[str, Any] = {}
             if image_id is not None:
                 rec["image_id"] = int(image_id)
-            if file_name is not None:
-                rec["file_name"] = file_name
+            rec["file_name"] = name
             rec["category_id"] = cat
-            rec["bbox"] = [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
-            rec["score"] = round(float(s), 5)
+            rec["bbox"] = [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)]
+            rec["score"] = round(float(s), 6)
             recs.append(rec)
         return recs
+
+    def to_json(self, threshold: float = 0.0, image_id: Optional[int] = None) -> str:
+        """JSON text of :meth:`to_coco` (a list of COCO result records); :meth:`from_json` reads it back."""
+        return json.dumps(self.to_coco(image_id=image_id, threshold=threshold))
+
+    @classmethod
+    def from_coco(
+        cls,
+        records: Sequence[dict[str, Any]],
+        names: Optional[Sequence[str]] = None,
+        category_ids: Optional[Sequence[int]] = None,
+        path: str = "",
+    ) -> Results:
+        """Results from COCO result records of one image (inverse of :meth:`to_coco`).
+
+        ``category_ids`` maps ids back to labels (label = index of the id; label = id - 1 when not
+        given). Detections are sorted by score, descending.
+        """
+        cat_ids = [int(c) for c in category_ids] if category_ids else []
+        index = {c: i for i, c in enumerate(cat_ids)}
+        boxes, scores, labels = [], [], []
+        file_name = None
+        for i, rec in enumerate(records):
+            try:
+                x, y, w, h = (float(v) for v in rec["bbox"])
+                cat = int(rec["category_id"])
+                score = float(rec["score"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"COCO record {i}: needs bbox [x, y, w, h], category_id and score ({e})") from e
+            if cat_ids and cat not in index:
+                raise ValueError(f"COCO record {i}: category_id {cat} is not one of {cat_ids}")
+            labels.append(index[cat] if cat_ids else cat - 1)
+            boxes.append([x, y, x + w, y + h])
+            scores.append(score)
+            file_name = rec.get("file_name", file_name)
+        order = np.argsort(-np.asarray(scores, dtype=np.float32), kind="stable")
+        return cls(
+            boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4)[order],
+            scores=np.asarray(scores, dtype=np.float32)[order],
+            labels=np.asarray(labels, dtype=np.int64)[order],
+            names=list(names or []),
+            path=path or (file_name or ""),
+            category_ids=cat_ids,
+            file_name=file_name,
+        )
+
+    @classmethod
+    def from_json(
+        cls, text: str, names: Optional[Sequence[str]] = None, category_ids: Optional[Sequence[int]] = None
+    ) -> Results:
+        """Inverse of :meth:`to_json`."""
+        records = json.loads(text)
+        if not isinstance(records, list):
+            raise ValueError("Results.from_json: expected a JSON list of COCO result records")
+        return cls.from_coco(records, names=names, category_ids=category_ids)
 
     def save_txt(self, path: str, threshold: float = 0.0) -> None:
         """Write one line per detection: ``label score x1 y1 x2 y2 name`` (original pixels).
