@@ -52,17 +52,22 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def attach_file_log(run_dir: str, name: str = "train.log") -> logging.Handler:
-    """Append the ``fcos`` loggers' INFO output to ``<run_dir>/<name>`` (and to stderr if nothing does)."""
+    """Append the ``fcos`` loggers' INFO output to ``<run_dir>/<name>`` (replacing the log file of an
+    earlier run in this process) and to stderr if nothing else prints it."""
     os.makedirs(run_dir, exist_ok=True)
     root = logging.getLogger("fcos")
     root.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    root.propagate = False  # Paddle installs a handler on the root logger: avoid printing every line twice
+    for h in list(root.handlers):
+        if isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+            h.close()
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
         console = logging.StreamHandler()
         console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         root.addHandler(console)
     handler = logging.FileHandler(os.path.join(run_dir, name), encoding="utf-8")
-    handler.setFormatter(fmt)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
     root.addHandler(handler)
     return handler
 
@@ -224,6 +229,15 @@ class Trainer:
     # validation
     # ------------------------------------------------------------------------------------------
 
+    def evaluate(self) -> dict[str, float]:
+        """Evaluation outside ``fit`` (``tools/train.py --eval-only``): the validation hooks run with
+        ``setup``/``teardown`` stage "validate" (checkpoint callbacks do not save in this stage)."""
+        self.call("setup", "validate")
+        try:
+            return self.validate()
+        finally:
+            self.call("teardown", "validate")
+
     def validate(self) -> dict[str, float]:
         """Evaluate ``val_loader`` with ``evaluator``; updates ``metrics`` and calls the validation hooks.
 
@@ -241,14 +255,12 @@ class Trainer:
                 on_batch=lambda dets, batch, i: self.call("on_validation_batch_end", dets, batch, i),
                 rank=self.rank,
                 world_size=self.world_size,
+                progress=f"eval @ step {self.state.global_step}",
             )
         finally:
             if was_training:
                 self.model.train()
-        if self.world_size > 1:
-            box = [metrics]
-            paddle.distributed.broadcast_object_list(box, src=0)
-            metrics = box[0]
+        metrics = dist.broadcast_object(metrics, src=0)
         self.metrics.update(metrics)
         self.state.last_eval_step = self.state.global_step
         self.call("on_validation_end", metrics)

@@ -100,15 +100,9 @@ def detections_to_coco(image_id: int, det: dict[str, np.ndarray], category_ids: 
 
 def _gather_lists(local: list) -> list:
     """Concatenate a python list over all ranks (on every rank); the list itself with one process."""
-    from fcos.utils.dist import get_world_size
+    from fcos.utils.dist import all_gather_objects
 
-    if get_world_size() == 1:
-        return local
-    import paddle.distributed as pdist
-
-    gathered: list = []
-    pdist.all_gather_object(gathered, local)
-    return [x for part in gathered for x in part]
+    return [x for part in all_gather_objects(local) for x in part]
 
 
 class CocoEvaluator:
@@ -230,7 +224,7 @@ class CocoEvaluator:
         return "\n".join(lines)
 
     def per_class_table(self, columns: int = 3) -> str:
-        """Per-class AP@[.5:.95] as a text table with ``columns`` (name, AP) pairs per row."""
+        """Per-class AP@[.5:.95] (0..1, like the summary) as a text table with ``columns`` (name, AP) pairs per row."""
         items = list(self.per_class.items())
         if not items:
             return "(no classes)"
@@ -239,7 +233,7 @@ class CocoEvaluator:
         rows = [header, "-" * len(header)]
         for i in range(0, len(items), columns):
             chunk = items[i : i + columns]
-            rows.append(" | ".join(f"{n:<{width}} | {100 * v:6.2f}" for n, v in chunk))
+            rows.append(" | ".join(f"{n:<{width}} | {v:6.3f}" for n, v in chunk))
         return "\n".join(rows)
 
     def write_json(self, path: str, extra: Optional[dict[str, Any]] = None) -> None:

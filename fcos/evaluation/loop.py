@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
@@ -25,18 +26,31 @@ def run_evaluation(
     on_batch: Optional[Callable[[list[dict], Any, int], None]] = None,
     rank: int = 0,
     world_size: int = 1,
+    progress: Optional[str] = None,
 ) -> dict[str, float]:
     """Predict every batch of ``loader`` and evaluate. With ``world_size`` > 1 each rank runs the model
     on batches ``i % world_size == rank`` and the evaluator gathers the results; ``model`` is left in
-    eval mode (the caller restores train mode)."""
+    eval mode (the caller restores train mode). ``progress``: a tqdm bar with this title on rank 0
+    (refreshed every 10 s when stderr is not a terminal)."""
     model.eval()
     evaluator.reset()
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        total = len(loader) if hasattr(loader, "__len__") else None
+        tty = sys.stderr.isatty()
+        bar = tqdm(total=total, desc=progress, unit="batch", mininterval=0.1 if tty else 10.0, leave=tty)
     with paddle.no_grad():
         for i, batch in enumerate(loader):
+            if bar is not None:
+                bar.update(1)
             if i % world_size != rank:
                 continue
             detections = predict_batch(model, batch)
             evaluator.process(batch.image_ids, detections)
             if on_batch is not None:
                 on_batch(detections, batch, i)
+    if bar is not None:
+        bar.close()
     return evaluator.evaluate()

@@ -59,6 +59,33 @@ def all_reduce_mean(tensor: paddle.Tensor) -> paddle.Tensor:
     return all_reduce_sum(tensor) / float(world)
 
 
+def init_distributed() -> int:
+    """Initialise Paddle's collective environment when started by ``paddle.distributed.launch`` with
+    more than one process (gloo on CPU, NCCL on GPU); returns the world size. Safe to call twice."""
+    world = get_world_size()
+    if world > 1 and not _is_initialized():
+        pdist.init_parallel_env()
+    return world
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """``obj`` of rank ``src`` on every rank (the object itself with one process)."""
+    if get_world_size() == 1 or not _is_initialized():
+        return obj
+    box = [obj]
+    pdist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_objects(obj: object) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` with one process)."""
+    if get_world_size() == 1 or not _is_initialized():
+        return [obj]
+    out: list = []
+    pdist.all_gather_object(out, obj)
+    return out
+
+
 def barrier() -> None:
     """Wait for all processes (no-op with one process)."""
     if get_world_size() > 1 and _is_initialized():

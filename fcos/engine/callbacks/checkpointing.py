@@ -34,6 +34,7 @@ class ModelCheckpoint(Callback):
         self.monitor = monitor
         self.mode = mode
         self._last_saved_step = -1
+        self._active = False
 
     @property
     def best_path(self) -> str:
@@ -43,14 +44,15 @@ class ModelCheckpoint(Callback):
         return os.path.join(self.dirpath, f"step_{step:07d}.safetensors")
 
     def setup(self, trainer: Any, stage: str) -> None:
-        if trainer.is_main and os.path.isdir(self.dirpath):
+        self._active = stage == "fit"  # evaluation-only runs never write checkpoints
+        if self._active and trainer.is_main and os.path.isdir(self.dirpath):
             n = remove_stale_temp_files(self.dirpath)
             if n:
                 logger.info("removed %d unfinished temp file(s) from %s", n, self.dirpath)
 
     def _save_step(self, trainer: Any) -> None:
         step = trainer.state.global_step
-        if step == self._last_saved_step or not trainer.is_main:
+        if step == self._last_saved_step or not trainer.is_main or not self._active:
             return
         path = self.step_path(step)
         trainer.save_checkpoint(path)
@@ -77,6 +79,8 @@ class ModelCheckpoint(Callback):
     def on_validation_end(self, trainer: Any, metrics: dict[str, float]) -> None:
         value = metrics.get(self.monitor)
         state = trainer.state
+        if not self._active:
+            return
         if value is None:
             if metrics:
                 logger.warning("checkpoint monitor '%s' is not among the metrics %s", self.monitor, sorted(metrics))

@@ -19,13 +19,10 @@ logger = logging.getLogger(__name__)
 def draw_predictions(
     image_bgr: np.ndarray, det: dict[str, np.ndarray], class_names: list[str], threshold: float
 ) -> np.ndarray:
-    """BGR image with the detections ``>= threshold`` drawn (``fcos.inference.results.Results.plot``)."""
-    from fcos.inference.results import Results
+    """BGR image with the detections (boxes (k,4) xyxy original pixels) ``>= threshold`` drawn."""
+    from fcos.inference.visualize import draw_detections
 
-    res = Results(
-        boxes=det["boxes"], scores=det["scores"], labels=det["labels"], names=list(class_names), image=image_bgr
-    )
-    return res.plot(threshold)
+    return draw_detections(image_bgr, det["boxes"], det["scores"], det["labels"], class_names, threshold)
 
 
 class VisualDLLogger(Callback):
