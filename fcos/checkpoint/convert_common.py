@@ -330,8 +330,22 @@ def source_state(src: Union[str, Mapping[str, Any]], name: Optional[str] = None)
     return {k: np.asarray(v) for k, v in src.items()}, name or "<state dict>"
 
 
+_SHAPES_CACHE: dict[str, dict[str, tuple]] = {}
+
+
 def model_target_shapes(cfg: Config) -> dict[str, tuple]:
-    """``{state_dict key: shape}`` of the Paddle model ``build_model(cfg)`` (the conversion target)."""
+    """``{state_dict key: shape}`` of the Paddle model ``build_model(cfg)`` (the conversion target).
+
+    Cached per model section (building a model takes seconds)."""
+    import json
+
+    cache_key = json.dumps(config_to_dict(cfg)["model"], sort_keys=True, default=str)
+    if cache_key not in _SHAPES_CACHE:
+        _SHAPES_CACHE[cache_key] = _build_target_shapes(cfg)
+    return dict(_SHAPES_CACHE[cache_key])
+
+
+def _build_target_shapes(cfg: Config) -> dict[str, tuple]:
     import paddle
 
     from fcos.modeling import build_model
