@@ -114,8 +114,9 @@ def _resolve_config(source: str, spec: Source, state: dict[str, np.ndarray], con
 def _write_npz(path: str, state: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
     import io
 
-    from fcos.checkpoint.weights import write_file_atomic
+    from fcos.checkpoint.weights import WEIGHTS_FORMAT, write_file_atomic
 
+    metadata = {**metadata, "format": metadata.get("format", WEIGHTS_FORMAT)}
     buf = io.BytesIO()
     np.savez(buf, __metadata__=np.array(json.dumps(metadata)), **state)
     write_file_atomic(path, buf.getvalue())
