@@ -215,8 +215,8 @@ def read_weights(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     path = os.fspath(path)
     if os.path.isdir(path):
         raise WeightsError(
-            f"{path} is a directory; give a weights file (convert PaddleDetection static parameter "
-            "directories with tools/convert_weights.py --src paddledet)"
+            f"{path} is a directory; give a weights file (.safetensors, .npz, .pdparams, .pth, .pkl). "
+            "Published checkpoints are converted with tools/convert_weights.py"
         )
     if not os.path.isfile(path):
         raise WeightsError(f"weights file not found: {path}")
