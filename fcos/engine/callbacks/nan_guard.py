@@ -33,6 +33,19 @@ def dump_batch(path: str, batch: Any) -> str:
     return path
 
 
+def running_stats(module: Any) -> list[Any]:
+    """The tensors a training forward changes besides activations: BatchNorm running mean/variance
+    (Paddle keeps them as non-trainable parameters ``_mean`` / ``_variance``)."""
+    import paddle.nn as nn
+
+    bn_types = (nn.BatchNorm, nn.BatchNorm1D, nn.BatchNorm2D, nn.BatchNorm3D, nn.SyncBatchNorm)
+    out = []
+    for layer in module.sublayers(include_self=True):
+        if isinstance(layer, bn_types):
+            out += [t for t in (getattr(layer, "_mean", None), getattr(layer, "_variance", None)) if t is not None]
+    return out
+
+
 class NaNGuard(Callback):
     """``policy="stop"``: end training at the first non-finite loss/gradient; ``"skip"``: drop that
     step (at most ``max_consecutive_skips`` in a row, then stop). In both cases the update is not
@@ -47,10 +60,16 @@ class NaNGuard(Callback):
         self.policy = policy
         self.max_consecutive_skips = max_consecutive_skips
         self._batch: Any = None
+        self._buffers: dict[str, Any] = {}
         self._consecutive = 0
 
     def on_train_batch_start(self, trainer: Any, batch: Any, step: int) -> None:
         self._batch = batch
+        self._buffers = {id(t): (t, t.clone()) for t in running_stats(trainer.module)}
+
+    def _restore_buffers(self, trainer: Any) -> None:
+        for tensor, saved in self._buffers.values():
+            tensor.set_value(saved)
 
     def _trip(self, trainer: Any, what: str) -> None:
         state = trainer.state
@@ -58,6 +77,7 @@ class NaNGuard(Callback):
         state.skip_step = True
         state.nan_seen = True
         self._consecutive += 1
+        self._restore_buffers(trainer)
         path = os.path.join(self.dump_dir, f"step_{step:07d}_rank{trainer.rank}.npz")
         try:
             dump_batch(path, self._batch)
@@ -94,3 +114,4 @@ class NaNGuard(Callback):
         ):
             self._consecutive = 0
         self._batch = None
+        self._buffers = {}
