@@ -361,6 +361,17 @@ def test_numpy_pickles_all_protocols(tmp_path):
         safe_loads(pickle.dumps(np.array([1, "x"], dtype=object)))
 
 
+def test_python2_numpy_pickle_like_detectron_blobs():
+    """Detectron's R-50.pkl is a Python 2 pickle: array bytes are py2 ``str`` (SHORT_BINSTRING), read as latin1."""
+    data = np.array([1.5, -2.0, 3.0e-3], "<f4").tobytes()
+    raw = b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+    raw += b"(K\x01K\x03\x85cnumpy\ndtype\nU\x02f4K\x00K\x01\x87R"
+    raw += b"(K\x03U\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    raw += b"\x89U" + bytes([len(data)]) + data + b"tb."
+    arr = safe_loads(raw, "R-50.pkl")
+    assert arr.dtype == np.float32 and arr.tolist() == [1.5, -2.0, np.float32(3.0e-3)]
+
+
 # --------------------------------------------------------------------------------------------
 # No other code path unpickles
 # --------------------------------------------------------------------------------------------

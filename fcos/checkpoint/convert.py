@@ -135,7 +135,12 @@ def convert_file(source: str, input: str, output: str, config: Any = None) -> Co
     spec = SOURCES[source]
     state, name = source_state(input)
     cfg = _resolve_config(source, spec, state, config)
-    conv = spec.convert(state, cfg, name)
+    try:
+        conv = spec.convert(state, cfg, name)
+    except ConversionError as e:
+        if name in str(e):
+            raise
+        raise ConversionError(f"{name}: {e}") from None
     conv.recipe = recipe_name(cfg)
     conv.backbone_only = conv.backbone_only or spec.backbone_only
     if conv.backbone_only:
