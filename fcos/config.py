@@ -139,7 +139,8 @@ class DataConfig:
     class_names: list[str] = field(default_factory=list)  # empty: taken from the dataset / weights (COCO 80)
     batch_size: int = 16  # total over all devices
     val_batch_size: int = 1
-    num_workers: int = 4
+    num_workers: int = 4  # DataLoader worker processes; 0 loads in the training process
+    use_shared_memory: bool = True  # hand batches over through /dev/shm (switched off automatically when too small)
     flip_prob: float = 0.5
     albumentations: list[dict[str, Any]] = field(default_factory=list)  # [{name: Blur, p: 0.1, ...}]
     check_on_start: bool = True  # run the dataset checks before training
@@ -189,8 +190,13 @@ class TrainConfig:
 
 @dataclass
 class ExportConfig:
-    draw_threshold: float = 0.3
-    with_nms: bool = True
+    """``tools/export.py`` options; the runtime keys are written to ``infer_cfg.yml`` (editable later)."""
+
+    draw_threshold: float = 0.3  # minimum score drawn / written by the infer and deploy tools
+    with_nms: bool = True  # box decoding + NMS inside the exported graph
+    use_mkldnn: bool = True  # runtime default: oneDNN kernels on CPU
+    cpu_threads: int = 0  # runtime default: math threads (0 = all cores)
+    precision: str = "fp32"  # runtime default: "fp32" | "bf16" (CPU with AVX512-BF16/AMX) | "fp16" (GPU TensorRT)
 
 
 @dataclass
@@ -374,6 +380,7 @@ _CHOICES = {
     "train.amp_dtype": ("float16", "bfloat16"),
     "train.monitor_mode": ("max", "min"),
     "train.nan_policy": ("stop", "skip"),
+    "export.precision": ("fp32", "bf16", "fp16"),
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import numpy as np
 
 from fcos.data.annotations import ConversionReport, validate_boxes
-from fcos.data.image_io import read_image
+from fcos.data.image_io import ImageReadError, read_image, read_image_size
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +109,18 @@ class CocoDetection:
         ann_file: str,
         class_names: Optional[list[str]] = None,
         include_crowd: bool = False,
+        label_map: Optional[LabelMap] = None,
     ) -> None:
         self.image_dir = image_dir
         self.ann_file = ann_file
         self.include_crowd = include_crowd
         data = load_coco_json(ann_file)
-        self.label_map = LabelMap.from_categories(data["categories"], ann_file)
+        json_map = LabelMap.from_categories(data["categories"], ann_file)
+        if label_map is not None:
+            _check_compatible(json_map, label_map, ann_file)
+            self.label_map = label_map
+        else:
+            self.label_map = json_map
         if class_names and list(class_names) != self.label_map.class_names:
             raise DatasetError(
                 f"{ann_file}: class names from the config {list(class_names)} do not match the JSON categories "
@@ -165,7 +171,16 @@ class CocoDetection:
             anns_by_image[image_id].append(ann)
         records = []
         for image_id, img in images.items():
-            h, w = int(img["height"]), int(img["width"])
+            if "file_name" not in img:
+                raise DatasetError(f"{self.ann_file}: image id {image_id} has no 'file_name'")
+            path = os.path.join(self.image_dir, img["file_name"])
+            if img.get("height") and img.get("width"):
+                h, w = int(img["height"]), int(img["width"])
+            else:  # some exporters omit the size: read it from the file header
+                try:
+                    h, w = read_image_size(path)
+                except ImageReadError as e:
+                    raise DatasetError(f"{self.ann_file}: image id {image_id} has no height/width and {e}") from e
             where = f"{self.ann_file} image {image_id} ({img['file_name']})"
             boxes, labels, crowd = [], [], []
             for ann in anns_by_image.get(image_id, []):
@@ -173,7 +188,15 @@ class CocoDetection:
                 if is_crowd and not self.include_crowd:
                     self.load_report.counts["crowd annotations dropped"] += 1
                     continue
-                x, y, bw, bh = (float(v) for v in ann["bbox"])
+                bbox = ann.get("bbox")
+                if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+                    self.load_report.add("dropped (malformed bbox)", where, f"annotation id {ann.get('id')}: {bbox!r}")
+                    continue
+                try:
+                    x, y, bw, bh = (float(v) if v is not None else float("nan") for v in bbox)
+                except (TypeError, ValueError):
+                    self.load_report.add("dropped (malformed bbox)", where, f"annotation id {ann.get('id')}: {bbox!r}")
+                    continue
                 boxes.append([x, y, x + bw, y + bh])
                 labels.append(self.label_map.category_to_label[int(ann["category_id"])])
                 crowd.append(is_crowd)
@@ -184,7 +207,7 @@ class CocoDetection:
                 {
                     "image_id": image_id,
                     "file_name": img["file_name"],
-                    "path": os.path.join(self.image_dir, img["file_name"]),
+                    "path": path,
                     "height": h,
                     "width": w,
                     "boxes": kept_boxes.astype(np.float32),
@@ -222,3 +245,17 @@ def _validate_with_flags(
     encoded = np.asarray(labels, dtype=np.int64) + num * np.asarray(crowd, dtype=np.int64)
     kept, enc = validate_boxes(np.asarray(boxes), encoded, h, w, where, report)
     return kept, enc % num, enc // num
+
+
+def _check_compatible(json_map: LabelMap, label_map: LabelMap, ann_file: str) -> None:
+    """Every category of the JSON must exist in ``label_map`` with the same name."""
+    for cid, name in zip(json_map.category_ids, json_map.class_names):
+        if cid not in label_map.category_to_label:
+            raise DatasetError(
+                f"{ann_file}: category id {cid} ({name!r}) is not in the label map {label_map.to_list()}"
+            )
+        expected = label_map.class_names[label_map.category_to_label[cid]]
+        if expected != name:
+            raise DatasetError(
+                f"{ann_file}: category id {cid} is named {name!r} here but {expected!r} in the label map"
+            )
