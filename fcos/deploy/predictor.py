@@ -340,6 +340,7 @@ class DeployPredictor:
         if draw_threshold is not None:
             self.cfg.draw_threshold = float(draw_threshold)
         self.notes: list[str] = []  # runtime fallbacks taken, for reports
+        self.last_input_shape: Optional[tuple[int, ...]] = None  # (N, 3, H, W) of the last call
         self._create_runtime()
         self.timer = StageTimer(warmup)
 
@@ -433,6 +434,7 @@ class DeployPredictor:
             return []
         t0 = time.perf_counter()
         batch = preprocess(images, self.cfg.input)
+        self.last_input_shape = tuple(int(v) for v in batch.images.shape)
         t1 = time.perf_counter()
         outputs = self.run_arrays(
             {"image": batch.images, "im_shape": batch.im_shape, "scale_factor": batch.scale_factor}

@@ -220,3 +220,19 @@ def make_test_video(path: str, num_frames: int = 12, size: tuple[int, int] = (16
             writer.write(frame)
         out = writer.path
     return out
+
+
+def probe_stream(target: Union[str, int], open_timeout_s: float = 10.0) -> None:
+    """Fail fast (before a model is loaded) when a video file or camera cannot be used.
+
+    Video files are opened and their first frame decoded, then released; cameras are only checked
+    for their device node (opening a webcam twice can be slow). Raises :class:`VideoError`.
+    """
+    if isinstance(target, int):
+        if sys.platform.startswith("linux") and not os.path.exists(f"/dev/video{target}"):
+            raise VideoError(
+                f"camera {target}: no such device (/dev/video{target} does not exist). "
+                "Check that a webcam is connected and visible to this machine/container, or pass a video file."
+            )
+        return
+    VideoReader(target, open_timeout_s=open_timeout_s).release()

@@ -1,0 +1,88 @@
+"""ONNX Runtime predictor for an export directory converted with :func:`fcos.export.export_onnx`.
+
+Same interface, preprocessing (infer_cfg.yml) and stage timing as :class:`DeployPredictor`; only
+the engine differs. Needs the optional extra: ``pip install "fcos-paddle[onnx]"``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+from fcos.deploy.predictor import DeployError, DeployPredictor, load_infer_cfg
+from fcos.inference.timing import StageTimer
+
+ONNX_NAME = "model.onnx"
+
+
+class OnnxPredictor(DeployPredictor):
+    """``model_dir/model.onnx`` (or ``onnx_file``) on ONNX Runtime's CPU provider with ``cpu_threads``
+    intra-op threads (0: all cores); preprocessing and class names from ``model_dir/infer_cfg.yml``."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        onnx_file: Optional[str] = None,
+        cpu_threads: Optional[int] = None,
+        target_size: Optional[int] = None,
+        max_size: Optional[int] = None,
+        draw_threshold: Optional[float] = None,
+        warmup: int = 0,
+    ) -> None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            raise DeployError('ONNX Runtime is not installed: pip install "fcos-paddle[onnx]"') from e
+        self.cfg = load_infer_cfg(model_dir)
+        self.onnx_file = onnx_file or os.path.join(model_dir, ONNX_NAME)
+        if not os.path.isfile(self.onnx_file):
+            raise DeployError(f"{self.onnx_file}: not found (create it with tools/export.py --onnx)")
+        if cpu_threads is not None:
+            self.cfg.runtime.cpu_threads = int(cpu_threads)
+        if target_size is not None:
+            self.cfg.input.test_short = int(target_size)
+        if max_size is not None:
+            self.cfg.input.test_max = int(max_size)
+        if draw_threshold is not None:
+            self.cfg.draw_threshold = float(draw_threshold)
+        self.notes: list[str] = []
+        self.last_input_shape: Optional[tuple[int, ...]] = None
+        self._create_runtime()
+        self.timer = StageTimer(warmup)
+
+    def _create_runtime(self, onednn_placement: bool = True) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        threads = self.cfg.runtime.cpu_threads if self.cfg.runtime.cpu_threads > 0 else (os.cpu_count() or 1)
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # errors only (paddle2onnx graphs carry unused initializers)
+        self.session = ort.InferenceSession(self.onnx_file, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run_arrays(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise DeployError(f"{self.onnx_file}: model expects inputs {missing}, got {sorted(feeds)}")
+        # paddle2onnx (2.1) converts multiclass_nms3 for batch 1 only (a batch of 2 fails in a Concat),
+        # so a batch runs image by image on the same padded tensors; outputs are concatenated.
+        n = int(feeds[self.input_names[0]].shape[0])
+        per_image = [
+            self.session.run(None, {k: np.ascontiguousarray(feeds[k][i : i + 1]) for k in self.input_names})
+            for i in range(n)
+        ]
+        bbox_axis = [0 if out.ndim == 2 else -1 for out in per_image[0]]
+        return [
+            np.concatenate([outs[j] for outs in per_image], axis=0)
+            if bbox_axis[j] == 0
+            else np.concatenate([outs[j].reshape(-1) for outs in per_image])
+            for j in range(len(per_image[0]))
+        ]
+
+    def engine(self) -> str:
+        return "ONNX Runtime CPU fp32"
