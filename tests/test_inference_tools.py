@@ -1,0 +1,160 @@
+"""tools/infer.py end to end on generated images and videos: outputs, COCO JSON, bad sources."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+
+import cv2
+import numpy as np
+import paddle
+import pytest
+
+import fcos
+from fcos.checkpoint.weights import save_weights
+from fcos.export import make_check_images
+from fcos.inference.detector import Detector
+from fcos.inference.synthetic_weights import make_detection_rich
+from fcos.inference.video import count_frames, make_test_video
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yml")
+CATEGORY_IDS = [3, 5, 7, 9]
+
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+    cfg = fcos.load_config(CONFIG)
+    paddle.seed(0)
+    model = fcos.build_model(cfg)
+    make_detection_rich(model, seed=0)
+    path = str(tmp_path_factory.mktemp("w") / "demo.safetensors")
+    save_weights(path, model.state_dict(), {"class_names": cfg.data.class_names, "category_ids": CATEGORY_IDS})
+    return path
+
+
+@pytest.fixture(scope="module")
+def infer():
+    return _load_tool("infer").main
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("imgs")
+    images = make_check_images(seed=1)
+    cv2.imwrite(str(d / "a.jpg"), images[0])
+    os.makedirs(d / "sub")
+    cv2.imwrite(str(d / "sub" / "b.png"), images[1])
+    (d / "broken.jpg").write_bytes(b"not an image")
+    return str(d)
+
+
+def test_folder_json_txt_and_images_match_the_detector(weights, infer, image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = infer(
+        ["-c", CONFIG, "-w", weights, "--source", image_dir, "--recursive", "--save-dir", str(out),
+         "--save-json", str(out / "dets.json"), "--save-txt", "--threads", "1", "--quiet"]
+    )  # fmt: skip
+    text = capsys.readouterr()
+    assert rc == 1  # broken.jpg failed, the others were processed
+    assert "broken.jpg" in text.out and "not an image file" in text.out
+    assert (out / "a.jpg").is_file() and (out / "sub" / "b.png").is_file()
+    assert cv2.imread(str(out / "a.jpg")).shape == cv2.imread(os.path.join(image_dir, "a.jpg")).shape
+
+    records = json.loads((out / "dets.json").read_text())
+    det = Detector(fcos.load_config(CONFIG), weights=weights)
+    for name in ("a.jpg", "sub/b.png"):
+        res = det.predict([os.path.join(image_dir, name)])[0]
+        mine = [r for r in records if r["file_name"] == name]
+        assert len(mine) == len(res) > 0
+        assert {r["category_id"] for r in mine} <= set(CATEGORY_IDS)
+        for rec, box, score, label in zip(mine, res.boxes, res.scores, res.labels):
+            x, y, w, h = rec["bbox"]
+            np.testing.assert_allclose([x, y, x + w, y + h], box, atol=2e-3)
+            assert rec["score"] == pytest.approx(float(score), abs=1e-5)
+            assert rec["category_id"] == CATEGORY_IDS[int(label)]
+    lines = (out / "labels" / "sub" / "b.txt").read_text().splitlines()
+    res_b = det.predict([os.path.join(image_dir, "sub", "b.png")])[0]
+    assert len(lines) == int((res_b.scores >= 0.3).sum())  # the config's export.draw_threshold
+
+
+def test_video_output_has_input_frame_count_size_and_fps(weights, infer, tmp_path, capsys):
+    src = make_test_video(str(tmp_path / "clip.mp4"), num_frames=11, size=(120, 88), fps=9.0)
+    out = tmp_path / "out"
+    rc = infer(["-c", CONFIG, "-w", weights, "--source", src, "--save-dir", str(out), "--threads", "1", "--quiet",
+                "--save-json", str(out / "v.json")])  # fmt: skip
+    assert rc == 0, capsys.readouterr()
+    result = out / "clip.mp4"
+    cap = cv2.VideoCapture(str(result))
+    size = (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    assert size == (120, 88) and fps == pytest.approx(9.0) and count_frames(str(result)) == 11
+    names = {r["file_name"] for r in json.loads((out / "v.json").read_text())}
+    assert names <= {f"clip.mp4#frame{i}" for i in range(11)} and "clip.mp4#frame10" in names
+
+
+def test_damaged_video_finalizes_partial_output(weights, infer, tmp_path, capsys):
+    good = make_test_video(str(tmp_path / "good.avi"), num_frames=16, size=(96, 64))
+    bad = tmp_path / "damaged.avi"
+    data = open(good, "rb").read()
+    bad.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    rc = infer(["-c", CONFIG, "-w", weights, "--source", str(bad), "--save-dir", str(out), "--threads", "1", "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 1 and "damaged or truncated" in text
+    written = count_frames(str(out / "damaged.avi"))
+    assert 0 < written < 16 and f"processed {written} image(s)/frame(s)" in text
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [("missing", "no such file or directory"), ("empty", "is empty"), ("text", "cannot be opened as a video"),
+     ("camera", "camera 63: no such device"), ("unknown", "unknown file type")],
+)  # fmt: skip
+def test_bad_sources_fail_fast_with_a_clear_message(infer, tmp_path, capsys, kind, message):
+    source = {"missing": str(tmp_path / "nope.mp4"), "camera": "63", "unknown": str(tmp_path / "x.xyz")}.get(kind)
+    if kind in ("empty", "text"):
+        source = str(tmp_path / f"{kind}.mp4")
+        open(source, "w").write("" if kind == "empty" else "hello\n" * 10)
+    if kind == "unknown":
+        open(source, "w").write("x")
+    t0 = time.perf_counter()
+    rc = infer(["-c", CONFIG, "--source", source, "--save-dir", str(tmp_path / "o"), "--quiet"])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert time.perf_counter() - t0 < 5  # fails before any model is built
+    assert not (tmp_path / "o").exists()
+
+
+def test_show_without_display_says_so_and_still_saves(weights, infer, image_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    out = tmp_path / "out"
+    rc = infer(["-c", CONFIG, "-w", weights, "--image", os.path.join(image_dir, "a.jpg"), "--show",
+                "--save-dir", str(out), "--threads", "1", "--quiet"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0 and "no display" in text and (out / "a.jpg").is_file()
+
+
+def test_exported_directory_works_as_weights(weights, infer, image_dir, tmp_path, capsys):
+    from fcos.export import export_model
+
+    cfg = fcos.load_config(CONFIG)
+    det = Detector(cfg, weights=weights)
+    export_dir = str(tmp_path / "export")
+    export_model(det.model, cfg, export_dir, det.class_names, det.category_ids)
+    rc = infer(["-w", export_dir, "--source", os.path.join(image_dir, "a.jpg"), "--no-save",
+                "--save-json", str(tmp_path / "e.json"), "--threads", "1", "--quiet"])  # fmt: skip
+    assert rc == 0, capsys.readouterr()
+    recs = json.loads((tmp_path / "e.json").read_text())
+    ref = det.predict([os.path.join(image_dir, "a.jpg")])[0]
+    assert len(recs) == len(ref) and recs[0]["score"] == pytest.approx(float(ref.scores[0]), abs=1e-4)
