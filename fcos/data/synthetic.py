@@ -110,6 +110,7 @@ def render_scene(
     empty_prob: float = 0.08,
     min_size: int = 16,
     max_size: int = 160,
+    noise: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw one scene. Returns (BGR uint8 image (H, W, 3), boxes (M, 4) float32 xyxy pixel edges, labels (M,) int64).
 
@@ -150,7 +151,8 @@ def render_scene(
         img[m] = colour
         ys, xs = np.nonzero(m)
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    img += rng.normal(0, float(rng.uniform(3, 10)), size=img.shape).astype(np.float32)
+    if noise:
+        img += rng.normal(0, float(rng.uniform(3, 10)), size=img.shape).astype(np.float32)
     out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return (
         out,
