@@ -249,7 +249,7 @@ def _check(data: dict, report: DatasetReport, verify_pixels: bool, num_threads: 
         name = images[iid].get("file_name")
         if err is not None:
             kind = "missing image" if "not found" in err else "unreadable image"
-            if "truncated" in err:
+            if "truncated" in err.lower():
                 kind = "truncated image"
             report.error(kind, f"{path} (image id {iid}): {err}")
             continue
