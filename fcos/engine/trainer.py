@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional, Union
 
@@ -155,6 +156,8 @@ class Trainer:
         """
         if resume is None:
             resume = self.resume_from
+        # Paddle warns on every training forward of a BatchNorm; once is enough
+        warnings.filterwarnings("once", message="When training, we now always track global mean and variance")
         self.call("setup", "fit")
         try:
             if resume:
@@ -222,7 +225,7 @@ class Trainer:
         if self.world_size == 1:
             return
         flag = paddle.to_tensor([1.0 if self.state.should_stop else 0.0])
-        if float(dist.all_reduce_sum(flag)) > 0:
+        if float(dist.all_reduce_sum(flag).item()) > 0:
             self.state.should_stop = True
 
     # ------------------------------------------------------------------------------------------
