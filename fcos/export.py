@@ -337,21 +337,56 @@ def export_onnx(model_dir: str, onnx_path: Optional[str] = None, opset: int = 16
     paddle2onnx.export(
         prog, params, save_file=onnx_path, opset_version=opset, enable_onnx_checker=True, optimize_tool="None"
     )
-    _fix_onnx_nms(onnx_path)
+    _fix_onnx(onnx_path, _group_norm_epsilon(prog))
     return onnx_path
 
 
-def _fix_onnx_nms(onnx_path: str) -> int:
-    """Paddle's ``nms_top_k=-1`` ("no limit") becomes ONNX ``max_output_boxes_per_class=-1``, which
-    ONNX Runtime reads as "select nothing". Rewrite such constants to the int64 maximum; returns how
-    many were fixed."""
+def _group_norm_epsilon(program_file: str, default: float = 1e-5) -> float:
+    """The ``epsilon`` of the group_norm ops in a Paddle 3 ``model.json`` (``default`` when absent or
+    for Paddle 2 programs). Raises ValueError when the ops disagree (the ONNX fix-up needs one value)."""
+    if not program_file.endswith(".json"):
+        return default
+    import json
+
+    with open(program_file, encoding="utf-8") as f:
+        program = json.load(f)
+    values = set()
+    for region in program.get("program", {}).get("regions", []):
+        for block in region.get("blocks", []):
+            for op in block.get("ops", []):
+                if str(op.get("#", "")).endswith("group_norm"):
+                    for attr in op.get("A") or []:
+                        if isinstance(attr, dict) and attr.get("N") == "epsilon":
+                            values.add(float(attr["AT"]["D"]))
+    if len(values) > 1:
+        raise ValueError(f"{program_file}: group_norm ops use different epsilons {sorted(values)}")
+    return values.pop() if values else default
+
+
+def _fix_onnx(onnx_path: str, group_norm_eps: float) -> dict[str, int]:
+    """Repair two paddle2onnx 2.1 conversion faults in place; returns how many nodes were fixed.
+
+    * group_norm becomes InstanceNormalization with an uninitialised ``epsilon`` (a different random
+      value on every conversion: NaN or wrong outputs); it is set to ``group_norm_eps``.
+    * Paddle's ``nms_top_k=-1`` ("no limit") becomes ``max_output_boxes_per_class=-1``, which ONNX
+      Runtime reads as "select nothing"; it is set to the int64 maximum.
+    """
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(onnx_path)
+    fixed = {"InstanceNormalization": 0, "NonMaxSuppression": 0}
+    for node in model.graph.node:
+        if node.op_type != "InstanceNormalization":
+            continue
+        attrs = [a for a in node.attribute if a.name == "epsilon"]
+        if attrs:
+            attrs[0].f = float(group_norm_eps)
+        else:
+            node.attribute.append(onnx.helper.make_attribute("epsilon", float(group_norm_eps)))
+        fixed["InstanceNormalization"] += 1
     producers = {out: node for node in model.graph.node for out in node.output}
     inits = {init.name: init for init in model.graph.initializer}
-    fixed = 0
     for node in model.graph.node:
         if node.op_type != "NonMaxSuppression" or len(node.input) < 3 or not node.input[2]:
             continue
@@ -359,14 +394,13 @@ def _fix_onnx_nms(onnx_path: str) -> int:
         big = numpy_helper.from_array(np.array([np.iinfo(np.int64).max], dtype=np.int64), name)
         if name in inits and numpy_helper.to_array(inits[name]).min() < 0:
             inits[name].CopyFrom(big)
-            fixed += 1
+            fixed["NonMaxSuppression"] += 1
         elif name in producers and producers[name].op_type == "Constant":
             attr = producers[name].attribute[0]
             if attr.name == "value" and numpy_helper.to_array(attr.t).min() < 0:
                 attr.t.CopyFrom(big)
-                fixed += 1
-    if fixed:
-        onnx.save(model, onnx_path)
+                fixed["NonMaxSuppression"] += 1
+    onnx.save(model, onnx_path)
     return fixed
 
 
