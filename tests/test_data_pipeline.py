@@ -100,3 +100,23 @@ def test_same_key_same_sample(tmp_path):
     assert a.path == os.path.join(p["train_image_dir"], "000002.jpg")
     others = [ds[(1, s)].image for s in range(43, 48)]
     assert any(o.shape != a.image.shape or not np.array_equal(o, a.image) for o in others)
+
+
+def test_albumentations_missing_package_or_bad_spec_is_a_clear_error(monkeypatch):
+    import sys
+    import types
+
+    from fcos.data.transforms import build_albumentations
+
+    assert build_albumentations([]) is None  # nothing configured: albumentations is never imported
+    monkeypatch.setitem(sys.modules, "albumentations", None)  # simulate "not installed"
+    with pytest.raises(ImportError, match="pip install albumentations"):
+        build_albumentations([{"name": "Blur"}])
+    fake = types.ModuleType("albumentations")
+    fake.Compose = lambda transforms, bbox_params: transforms
+    fake.BboxParams = lambda **kw: kw
+    monkeypatch.setitem(sys.modules, "albumentations", fake)
+    with pytest.raises(ValueError, match=r"data.albumentations\[0\].*'NoSuchTransform'"):
+        build_albumentations([{"name": "NoSuchTransform"}])
+    with pytest.raises(ValueError, match=r"data.albumentations\[0\] must be a mapping with a 'name'"):
+        build_albumentations([{"p": 0.5}])
