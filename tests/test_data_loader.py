@@ -112,6 +112,8 @@ def test_worker_processes_give_the_same_batches(shapes):
     base = next(build_train_loader(_cfg(shapes), start_step=1, world_size=1))
     with_workers = next(build_train_loader(_cfg(shapes, num_workers=1), start_step=1, world_size=1))
     _same(base, with_workers)
+    assert with_workers.paths == base.paths and all(isinstance(p, str) and p.endswith(".jpg") for p in base.paths)
+    np.testing.assert_array_equal(with_workers.orig_shape, base.orig_shape)
 
 
 def test_batch_goes_through_the_model_in_train_mode(shapes):
