@@ -148,3 +148,39 @@ def test_eval_tool_reproduces_the_training_evaluation(trained, tmp_path):
     m = json.load(open(tmp_path / "ev" / "metrics.json"))
     assert m["bbox_mAP"] == pytest.approx(state.best_metric, abs=1e-4)
     assert os.path.getsize(tmp_path / "ev" / "pr_curve.png") > 1000
+
+
+def test_resume_with_the_real_loader_and_workers(tmp_path):
+    """tools/train.py's path: build_trainer + DataLoader workers; 4 steps in one go equal 2 + resume + 2."""
+    from fcos.data.synthetic import make_synthetic_dataset
+    from fcos.engine.build import build_trainer
+    from fcos.engine.checkpoint import load_checkpoint
+
+    data = str(tmp_path / "shapes")
+    make_synthetic_dataset(data, num_train=12, num_val=2, seed=3, image_size=(96, 128))
+
+    def cfg(run: str, steps: int):
+        ov = _overrides(data, str(tmp_path / run))
+        ov += [
+            "input.train_shorts=[64,96]",  # random size and flip per sample: augmentation must replay too
+            "input.train_max=128",
+            "data.batch_size=2",
+            "optim.base_batch_size=2",
+            "data.num_workers=1",
+            f"schedule.max_steps={steps}",
+            "schedule.milestones=[3]",
+            "schedule.warmup_steps=2",
+            "train.eval_every=0",
+            "train.ckpt_every=2",
+        ]
+        return load_config(os.path.join(ROOT, "configs", "demo_shapes.yml"), overrides=ov)
+
+    build_trainer(cfg("a", 4), visualdl=False).fit()
+    build_trainer(cfg("b", 2), visualdl=False).fit()
+    t = build_trainer(cfg("b", 4), resume=True, visualdl=False)
+    t.fit()
+    assert t.state.start_step == 2
+    a, _ = load_checkpoint(str(tmp_path / "a/checkpoints/step_0000004.safetensors"))
+    b, _ = load_checkpoint(str(tmp_path / "b/checkpoints/step_0000004.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
