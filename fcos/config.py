@@ -65,6 +65,7 @@ class HeadConfig:
     norm_reg_targets: bool = True  # regression in units of the level stride, ReLU (False: exp)
     prior_prob: float = 0.01
     point_offset: float = 0.5  # point = k * stride + point_offset * stride (AdelaiDet 0.5, torchvision 0.0)
+    grid_strides: bool = False  # torchvision: points every padded-size // feature-size pixels (P6/P7 differ)
 
 
 @dataclass

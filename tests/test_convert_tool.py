@@ -14,7 +14,7 @@ import pytest
 from test_convert_adelaidet import DLA_KEYS, make_state
 from test_safe_loading import tensors, write_torch_zip
 
-from fcos.checkpoint.convert import SOURCES, _other_helper, convert_file
+from fcos.checkpoint.convert import SOURCES, convert_file
 from fcos.checkpoint.convert_common import ConversionError
 from fcos.checkpoint.weights import read_weights
 from fcos.config import load_config
@@ -75,9 +75,6 @@ def test_source_table_and_errors(tmp_path):
     ]
     with pytest.raises(ConversionError, match="unknown source 'caffe'"):
         convert_file("caffe", "x.pth", str(tmp_path / "y.safetensors"))
-    missing = _other_helper("no_such_module", "convert")
-    with pytest.raises(ConversionError, match="fcos.checkpoint.no_such_module.convert is not available"):
-        missing({}, load_config(os.path.join(ROOT, "configs", "tv_r50.yml")), "in.pth")
 
 
 def test_detectron2_r50_pkl_via_tool_and_backbone_pretrained(tmp_path):

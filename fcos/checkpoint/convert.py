@@ -59,37 +59,36 @@ def _detectron2_r50(state: dict[str, np.ndarray], cfg: Config, name: str) -> Con
     return convert_detectron2_r50(state, cfg, name=name)
 
 
-def _other_helper(module: str, function: str) -> Converter:
-    """Converters living in ``fcos.checkpoint.<module>``, imported on first use with a clear error."""
+def _torchvision_fcos(state: dict[str, np.ndarray], cfg: Config, name: str) -> Conversion:
+    from fcos.checkpoint.convert_torchvision import convert_torchvision_fcos
 
-    def run(state: dict[str, np.ndarray], cfg: Config, name: str) -> Conversion:
-        import importlib
+    return convert_torchvision_fcos(state, cfg)
 
-        try:
-            fn = getattr(importlib.import_module(f"fcos.checkpoint.{module}"), function)
-        except (ImportError, AttributeError) as e:
-            raise ConversionError(
-                f"{name}: converter fcos.checkpoint.{module}.{function} is not available ({e})"
-            ) from e
-        return fn(state, cfg)
 
-    return run
+def _torchvision_resnet50(state: dict[str, np.ndarray], cfg: Config, name: str) -> Conversion:
+    from fcos.checkpoint.convert_torchvision import convert_torchvision_resnet50
+
+    return convert_torchvision_resnet50(state, cfg)
+
+
+def _timm_dla34(state: dict[str, np.ndarray], cfg: Config, name: str) -> Conversion:
+    from fcos.checkpoint.convert_timm import convert_timm_dla34
+
+    return convert_timm_dla34(state, cfg)
 
 
 SOURCES: dict[str, Source] = {
     "adelaidet": Source(_adelaidet, None, False, "AdelaiDet FCOS_RT_MS_{DLA_34,R_50}_4x_syncbn.pth"),
     "torchvision": Source(
-        _other_helper("convert_torchvision", "convert_torchvision_fcos"),
+        _torchvision_fcos,
         "tv_r50",
         False,
         "torchvision fcos_resnet50_fpn_coco-99b0c9b7.pth",
     ),
     "paddledet": Source(_paddledet, "r50_ms_2x", False, "PaddleDetection fcos_r50_fpn_multiscale_2x (0.x or 2.x)"),
-    "timm-dla34": Source(
-        _other_helper("convert_timm", "convert_timm_dla34"), "rt_dla34", True, "timm dla34 ImageNet weights"
-    ),
+    "timm-dla34": Source(_timm_dla34, "rt_dla34", True, "timm dla34 ImageNet weights"),
     "torchvision-resnet50": Source(
-        _other_helper("convert_torchvision", "convert_torchvision_resnet50"),
+        _torchvision_resnet50,
         "tv_r50",
         True,
         "torchvision resnet50 ImageNet weights",

@@ -209,7 +209,7 @@ def convert_torchvision_fcos(src: Mapping[str, np.ndarray], cfg: Config) -> Conv
     if mc.head.use_scale:
         for level in range(len(mc.strides)):
             m.derive(f"head.scales.{level}.scale", np.ones([1], np.float32), "torchvision has no per-level Scale")
-    if not bool(getattr(mc.head, "grid_strides", False)):
+    if not mc.head.grid_strides:
         m.notes.append(
             "model.head.grid_strides is off: P6/P7 points follow the nominal stride, not torchvision's "
             "padded-size // feature-size (differs on inputs that are not multiples of 128)"

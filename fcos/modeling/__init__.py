@@ -92,9 +92,7 @@ def build_model(cfg: Config) -> FCOS:
         norm_reg_targets=m.head.norm_reg_targets,
         prior_prob=m.head.prior_prob,
     )
-    # ``model.head.grid_strides`` (torchvision point placement) is read with a default until the config
-    # dataclass declares it.
-    model = FCOS(backbone, fpn, head, m, grid_strides=bool(getattr(m.head, "grid_strides", False)))
+    model = FCOS(backbone, fpn, head, m, grid_strides=m.head.grid_strides)
     if m.backbone.pretrained:
         load_backbone_weights(model.backbone, m.backbone.pretrained)
     if m.backbone.norm == "syncbn" and _use_sync_bn():
