@@ -147,6 +147,11 @@ def test_load_infer_cfg_reports_bad_keys(exported, tmp_path):
     (d / "infer_cfg.yml").write_text(yaml.safe_dump(data))
     with pytest.raises(DeployError, match=r"infer_cfg.yml preprocess: key 'target_size' must be int"):
         load_infer_cfg(str(d))
+    data["preprocess"]["target_size"] = 256
+    data["runtime"]["use_mkdnn"] = False  # typo
+    (d / "infer_cfg.yml").write_text(yaml.safe_dump(data))
+    with pytest.raises(DeployError, match=r"runtime: unknown key 'use_mkdnn' \(did you mean 'use_mkldnn'\?\)"):
+        load_infer_cfg(str(d))
 
 
 def test_onnx_export_runs_and_matches_the_network(exported, tmp_path):

@@ -11,6 +11,8 @@ build :class:`Results`). Drawing is never timed.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 import os
 import time
@@ -127,6 +129,20 @@ def _get(d: dict, key: str, typ: type, default: Any, where: str) -> Any:
     return v
 
 
+_PREPROCESS_KEYS = {"target_size", "max_size", "size_divisor", "interp", "channel_order", "to_unit", "mean", "std"}
+
+
+def _check_keys(section: Any, known: set[str], where: str) -> None:
+    """A typo in an edited infer_cfg.yml must not be silently ignored."""
+    if not isinstance(section, dict):
+        raise DeployError(f"{where}: must be a mapping, got {section!r}")
+    for key in section:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(sorted(known))})"
+            raise DeployError(f"{where}: unknown key '{key}'{hint}")
+
+
 def load_infer_cfg(model_dir: str) -> InferCfg:
     """Read ``model_dir/infer_cfg.yml`` (written by tools/export.py, may be edited by hand)."""
     path = os.path.join(model_dir, INFER_CFG_NAME)
@@ -149,6 +165,7 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
             params = os.path.join(model_dir, named_params)
     pp = data.get("preprocess") or {}
     where = f"{path} preprocess"
+    _check_keys(pp, _PREPROCESS_KEYS, where)
     defaults = InputConfig()
     inp = InputConfig(
         channel_order=_get(pp, "channel_order", str, defaults.channel_order, where),
@@ -168,6 +185,7 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
         raise DeployError(f"{where}: key 'target_size' must be >= 1 and 'max_size' >= 0")
     rt = data.get("runtime") or {}
     where_rt = f"{path} runtime"
+    _check_keys(rt, {f.name for f in dataclasses.fields(RuntimeOptions)}, where_rt)
     base = RuntimeOptions()
     runtime = RuntimeOptions(
         device=_get(rt, "device", str, base.device, where_rt),
