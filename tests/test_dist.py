@@ -203,3 +203,46 @@ def test_two_process_training_equals_one_process(tmp_path):
     log1 = (tmp_path / "launch_logs" / "workerlog.1").read_text()
     assert "saved checkpoint" not in log1 and "step 3/3" not in log1
     assert "step 3/3" in (tmp_path / "launch_logs" / "workerlog.0").read_text()
+
+
+def test_nan_on_one_rank_skips_the_step_on_all_ranks(tmp_path):
+    """A non-finite loss on rank 1 only: both ranks drop the step together (no hang in the gradient
+    all-reduce) and stay identical."""
+    worker = tmp_path / "nan_worker.py"
+    worker.write_text(
+        textwrap.dedent(
+            f"""
+            import json, sys
+            sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
+            import numpy as np
+            import paddle
+            from test_trainer_resume import PoisonLoss, make_samples, step_batches, tiny_config
+            from fcos.engine.callbacks.defaults import build_default_callbacks
+            from fcos.engine.optim import build_optimizer
+            from fcos.engine.trainer import Trainer
+            from fcos.modeling import build_model
+            from fcos.utils import dist
+
+            dist.init_distributed()
+            rank = dist.get_rank()
+            cfg = tiny_config(f"run", "train.nan_policy=skip", "model.backbone.norm=frozen_bn", "train.ckpt_every=0")
+            paddle.seed(0)
+            model = build_model(cfg)
+            opt = build_optimizer(model, cfg)
+            samples = make_samples(8, seed=rank)
+            cbs = build_default_callbacks(cfg, "run", visualdl=False)
+            if rank == 1:
+                cbs.insert(0, PoisonLoss(1))
+            t = Trainer(cfg, paddle.DataParallel(model), opt, lambda s: step_batches(samples, 1, 0, s), callbacks=cbs,
+                        run_dir="run", max_steps=3)
+            st = t.fit()
+            w = {{k: v.numpy().ravel()[:5].tolist() for k, v in model.state_dict().items() if "cls_logits" in k}}
+            json.dump({{"step": st.global_step, "skipped": st.skipped_steps, "w": w}}, open(f"nan{{rank}}.json", "w"))
+            """
+        )
+    )
+    proc = _launch(tmp_path, [str(worker)], timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + _worker_logs(tmp_path)
+    r0, r1 = (json.loads((tmp_path / f"nan{r}.json").read_text()) for r in (0, 1))
+    assert r0["step"] == r1["step"] == 3 and r0["skipped"] == r1["skipped"] == 1
+    assert r0["w"] == r1["w"]

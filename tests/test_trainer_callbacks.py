@@ -190,3 +190,20 @@ def test_metrics_csv_and_results_png(tmp_path):
     assert text[0] == "step,train/loss,train/lr,val/bbox_AP50,val/bbox_mAP"
     assert text[1:] == ["2,1.75,0.01,,", "4,1.25,0.01,0.5,0.25"]
     assert os.path.getsize(tmp_path / "results.png") > 1000
+
+
+def test_progress_bar_on_a_terminal_also_logs_lines(caplog):
+    import io
+
+    tr = FakeTrainer(max_steps=2)
+    tr.metrics = {"train/lr": 0.01, "train/loss": 1.5}
+    bar = ProgressBar(log_every=1, use_tqdm=True)
+    with caplog.at_level(logging.INFO, logger="fcos.train"):
+        bar.on_fit_start(tr)
+        bar._bar.fp = io.StringIO()  # keep the test output clean
+        for step in range(2):
+            bar.on_train_batch_end(tr, {}, None, step)
+        bar.teardown(tr, "fit")
+    lines = [r.getMessage() for r in caplog.records if r.name == "fcos.train"]
+    assert [x.split(" eta")[0] for x in lines] == ["step 1/2", "step 2/2"]
+    assert bar._bar is None and bar._redirect is None

@@ -52,25 +52,36 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**31 - 1)
 
 
+_ATTACHED: list[logging.Handler] = []
+
+
 def attach_file_log(run_dir: str, name: str = "train.log") -> logging.Handler:
-    """Append the ``fcos`` loggers' INFO output to ``<run_dir>/<name>`` (replacing the log file of an
-    earlier run in this process) and to stderr if nothing else prints it."""
+    """Send the ``fcos`` loggers' INFO output to ``<run_dir>/<name>`` and to stderr in a short format,
+    not through the root handler Paddle installs (which would print every line twice). Undone by
+    :func:`detach_file_log` when training ends."""
+    detach_file_log()
     os.makedirs(run_dir, exist_ok=True)
     root = logging.getLogger("fcos")
     root.setLevel(logging.INFO)
-    root.propagate = False  # Paddle installs a handler on the root logger: avoid printing every line twice
-    for h in list(root.handlers):
-        if isinstance(h, logging.FileHandler):
-            root.removeHandler(h)
-            h.close()
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
-        console = logging.StreamHandler()
-        console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        root.addHandler(console)
+    root.propagate = False
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handler = logging.FileHandler(os.path.join(run_dir, name), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-    root.addHandler(handler)
+    for h in (console, handler):
+        root.addHandler(h)
+        _ATTACHED.append(h)
     return handler
+
+
+def detach_file_log() -> None:
+    """Remove the handlers :func:`attach_file_log` added and let ``fcos`` records propagate again."""
+    root = logging.getLogger("fcos")
+    while _ATTACHED:
+        h = _ATTACHED.pop()
+        root.removeHandler(h)
+        h.close()
+    root.propagate = True
 
 
 class Trainer:
@@ -185,6 +196,7 @@ class Trainer:
             raise
         finally:
             self.call("teardown", "fit")
+            detach_file_log()
         return self.state
 
     def training_step(self, batch: Any) -> dict[str, float]:
@@ -193,6 +205,8 @@ class Trainer:
             losses = self.model(batch.images, batch.im_shape, batch.scale_factor, batch.targets)
         losses = {k: v.astype("float32") for k, v in losses.items()}
         self.call("on_before_backward", losses)
+        # every rank must take the same branch: the backward pass all-reduces gradients
+        self.state.skip_step = self._any_rank(self.state.skip_step)
         if not self.state.skip_step:
             self.amp.backward(losses["loss"])
             self.call("on_after_backward")
@@ -221,12 +235,14 @@ class Trainer:
             self.metrics["train/images_per_sec"] = rate if prev is None else 0.9 * prev + 0.1 * rate
         self._timer = (now, step)
 
-    def _sync_should_stop(self) -> None:
+    def _any_rank(self, flag: bool) -> bool:
+        """True if ``flag`` is True on any rank (``flag`` itself with one process)."""
         if self.world_size == 1:
-            return
-        flag = paddle.to_tensor([1.0 if self.state.should_stop else 0.0])
-        if float(dist.all_reduce_sum(flag).item()) > 0:
-            self.state.should_stop = True
+            return bool(flag)
+        return float(dist.all_reduce_sum(paddle.to_tensor([1.0 if flag else 0.0])).item()) > 0
+
+    def _sync_should_stop(self) -> None:
+        self.state.should_stop = self._any_rank(self.state.should_stop)
 
     # ------------------------------------------------------------------------------------------
     # validation
@@ -240,6 +256,7 @@ class Trainer:
             return self.validate()
         finally:
             self.call("teardown", "validate")
+            detach_file_log()
 
     def validate(self) -> dict[str, float]:
         """Evaluate ``val_loader`` with ``evaluator``; updates ``metrics`` and calls the validation hooks.

@@ -20,14 +20,15 @@ def format_eta(seconds: float) -> str:
 
 
 class ProgressBar(Callback):
-    """Shows step/max_steps, ETA, the losses, lr and images/s (``trainer.metrics``). On a TTY a
-    tqdm bar is refreshed every step; otherwise (files, CI) a plain line is logged every ``log_every``
-    steps, so logs stay readable. Rank 0 only."""
+    """Shows step/max_steps, ETA, the losses, lr and images/s (``trainer.metrics``). A plain line is
+    logged every ``log_every`` steps (``train.log``, CI logs); on a terminal a tqdm bar is refreshed
+    every step as well, with the log lines printed above it. Rank 0 only."""
 
     def __init__(self, log_every: int = 20, use_tqdm: Optional[bool] = None) -> None:
         self.log_every = max(1, log_every)
         self.use_tqdm = sys.stderr.isatty() if use_tqdm is None else use_tqdm
         self._bar: Any = None
+        self._redirect: Any = None
         self._t0 = 0.0
         self._step0 = 0
 
@@ -38,10 +39,13 @@ class ProgressBar(Callback):
         self._step0 = trainer.state.global_step
         if self.use_tqdm:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(
                 total=trainer.state.max_steps, initial=trainer.state.global_step, dynamic_ncols=True, unit="step"
             )
+            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger("fcos")])
+            self._redirect.__enter__()
 
     def _line(self, trainer: Any) -> str:
         m = trainer.metrics
@@ -56,7 +60,6 @@ class ProgressBar(Callback):
             self._bar.update(1)
             if done % self.log_every == 0 or done == total:
                 self._bar.set_postfix_str(self._line(trainer), refresh=False)
-            return
         if done % self.log_every == 0 or done == total:
             elapsed = time.perf_counter() - self._t0
             rate = (done - self._step0) / max(elapsed, 1e-9)
@@ -64,6 +67,9 @@ class ProgressBar(Callback):
             logger.info("step %d/%d eta %s %s", done, total, eta, self._line(trainer))
 
     def teardown(self, trainer: Any, stage: str) -> None:
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None
