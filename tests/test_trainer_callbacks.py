@@ -178,6 +178,7 @@ def test_overflowing_amp_steps_are_skipped_and_weights_stay_finite():
 def test_metrics_csv_and_results_png(tmp_path):
     tr = FakeTrainer(max_steps=4)
     cb = MetricsCSV(str(tmp_path), log_every=2)
+    cb.setup(tr, "fit")
     cb.on_fit_start(tr)
     for step in range(4):
         tr.metrics = {"train/loss": 2.0 - step * 0.25, "train/lr": 0.01}
@@ -207,3 +208,17 @@ def test_progress_bar_on_a_terminal_also_logs_lines(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "fcos.train"]
     assert [x.split(" eta")[0] for x in lines] == ["step 1/2", "step 2/2"]
     assert bar._bar is None and bar._redirect is None
+
+
+def test_evaluation_only_runs_keep_the_training_history(tmp_path):
+    tr = FakeTrainer(max_steps=2)
+    cb = MetricsCSV(str(tmp_path), log_every=1)
+    cb.setup(tr, "fit")
+    cb.on_fit_start(tr)
+    tr.metrics = {"train/loss": 1.0}
+    cb.on_train_batch_end(tr, {}, None, 0)
+    before = (tmp_path / "metrics.csv").read_text()
+    later = MetricsCSV(str(tmp_path), log_every=1)  # tools/train.py --eval-only in a new process
+    later.setup(tr, "validate")
+    later.on_validation_end(tr, {"val/bbox_mAP": 0.5})
+    assert (tmp_path / "metrics.csv").read_text() == before

@@ -24,6 +24,10 @@ class MetricsCSV(Callback):
         self.png = os.path.join(run_dir, "results.png")
         self.log_every = max(1, log_every)
         self.rows: dict[int, dict[str, float]] = {}
+        self._active = False
+
+    def setup(self, trainer: Any, stage: str) -> None:
+        self._active = stage == "fit"  # an evaluation-only run must not rewrite the training history
 
     def on_fit_start(self, trainer: Any) -> None:
         if not trainer.is_main or not os.path.isfile(self.path):
@@ -60,7 +64,7 @@ class MetricsCSV(Callback):
         self._write()
 
     def on_validation_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        if not trainer.is_main or not metrics:
+        if not trainer.is_main or not metrics or not self._active:
             return
         self._add(trainer.state.global_step, metrics)
         self._write()

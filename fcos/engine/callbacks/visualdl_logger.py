@@ -28,7 +28,8 @@ def draw_predictions(
 class VisualDLLogger(Callback):
     """Writes every ``train/*`` metric each ``log_every`` steps and every ``val/*`` metric after each
     evaluation; draws the predictions on the first ``num_images`` validation images (``image_paths``:
-    image id -> file). Rank 0 only; a missing VisualDL turns the logger off with a warning."""
+    image id -> file). Training runs only (an evaluation-only run adds nothing to the curves); rank 0
+    only; a missing VisualDL turns the logger off with a warning."""
 
     def __init__(
         self,
@@ -58,10 +59,6 @@ class VisualDLLogger(Callback):
             return
         self.writer = LogWriter(logdir=self.log_dir)
         logger.info("VisualDL logs in %s (view: visualdl --logdir %s --language en)", self.log_dir, self.log_dir)
-
-    def setup(self, trainer: Any, stage: str) -> None:
-        if stage == "validate":
-            self.on_fit_start(trainer)
 
     def on_train_batch_end(self, trainer: Any, outputs: dict[str, float], batch: Any, step: int) -> None:
         done = step + 1
