@@ -185,14 +185,14 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(_run_child("torchvision", args))
             else:
                 rows.append({"recipe": "torchvision fcos_resnet50_fpn", "error": "torch/torchvision not installed"})
-    print(f"\n{'recipe':<32} {'framework':<14} {'s/step':>8} {'img/s':>7} {'peak RSS MB':>12} {'peak GPU MB':>12}")
+    print(f"\n{'recipe':<32} {'framework':<20} {'s/step':>8} {'img/s':>7} {'peak RSS MB':>12} {'peak GPU MB':>12}")
     for r in rows:
         if "error" in r:
-            print(f"{r['recipe']:<32} {'-':<14} {'error: ' + r['error']}")
+            print(f"{r['recipe']:<32} {'-':<20} {'error: ' + r['error']}")
             continue
         gpu = f"{r['peak_gpu_mb']:.0f}" if r.get("peak_gpu_mb") else "-"
         print(
-            f"{r['recipe']:<32} {r['framework']:<14} {r['step_s']:>8.3f} {r['images_per_s']:>7.2f} "
+            f"{r['recipe']:<32} {r['framework']:<20} {r['step_s']:>8.3f} {r['images_per_s']:>7.2f} "
             f"{r['peak_rss_mb']:>12.0f} {gpu:>12}"
         )
     return 0
