@@ -184,3 +184,26 @@ def test_resume_with_the_real_loader_and_workers(tmp_path):
     b, _ = load_checkpoint(str(tmp_path / "b/checkpoints/step_0000004.safetensors"))
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_weights_only_init_and_eval_only(trained, tmp_path, capsys):
+    """-w loads weights only (report printed), --eval-only evaluates them without training or saving."""
+    from fcos.engine.build import build_trainer
+
+    trainer, state, run_dir, overrides = trained
+    best = os.path.join(run_dir, "checkpoints", "best.safetensors")
+    new_dir = str(tmp_path / "finetune")
+    cfg = load_config(
+        os.path.join(ROOT, "configs", "demo_shapes.yml"), overrides=[*overrides, f"train.output_dir={new_dir}"]
+    )
+    t = build_trainer(cfg, weights=best, visualdl=False)
+    assert t.state.global_step == 0  # weights only: no step, optimizer or schedule state
+    err = capsys.readouterr().err
+    assert f"weights {best}: loaded " in err and "0 missing, 0 unexpected, 0 shape mismatches" in err
+    metrics = t.evaluate()
+    assert metrics["val/bbox_mAP"] == pytest.approx(state.best_metric, abs=1e-4)
+    assert not os.path.exists(os.path.join(new_dir, "checkpoints"))  # evaluation only: nothing saved
+    assert not os.path.exists(os.path.join(new_dir, "metrics.csv"))
+    assert json.load(open(os.path.join(new_dir, "eval", "metrics.json")))["bbox_mAP"] == pytest.approx(
+        metrics["val/bbox_mAP"]
+    )
