@@ -71,7 +71,19 @@ def save_checkpoint(path: str, tensors: dict[str, Any], state: dict[str, Any]) -
     atomically and durably (temp file in the same directory, fsync, rename, fsync directory)."""
     arrays = {k: _to_numpy(v) for k, v in tensors.items()}
     metadata = {"format": FORMAT, "state": json.dumps(state, allow_nan=True)}
-    write_file_atomic(path, st_save_bytes(arrays, metadata=metadata))
+    data = st_save_bytes(arrays, metadata=metadata)
+    try:
+        write_file_atomic(path, data)
+    except BaseException:
+        # An interrupt (SIGTERM -> SystemExit, Ctrl-C) can land between the temp file's creation and
+        # the writer's own cleanup; remove this target's temp files here as well.
+        directory, name = os.path.split(os.path.abspath(path))
+        for tmp in glob.glob(os.path.join(directory, glob.escape("." + name) + ".*.tmp")):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+        raise
 
 
 def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -50,6 +50,10 @@ class ModelCheckpoint(Callback):
             if n:
                 logger.info("removed %d unfinished temp file(s) from %s", n, self.dirpath)
 
+    def on_exception(self, trainer: Any, exc: BaseException) -> None:
+        if trainer.is_main and os.path.isdir(self.dirpath):
+            remove_stale_temp_files(self.dirpath)
+
     def _save_step(self, trainer: Any) -> None:
         step = trainer.state.global_step
         if step == self._last_saved_step or not trainer.is_main or not self._active:
