@@ -174,11 +174,11 @@ class TrainConfig:
     seed: int = 0
     amp: bool = False
     amp_dtype: str = "float16"  # "float16" | "bfloat16"
-    log_every: int = 20
-    eval_every: int = 5000
-    ckpt_every: int = 5000
-    keep_checkpoints: int = 3
-    monitor: str = "val/bbox_mAP"
+    log_every: int = 20  # steps between log lines / metrics.csv rows / VisualDL scalars
+    eval_every: int = 5000  # steps between COCO evaluations (0: only after the last step)
+    ckpt_every: int = 5000  # steps between checkpoints/step_*.safetensors (0: only after the last step)
+    keep_checkpoints: int = 3  # newest step checkpoints kept (best.safetensors is kept separately)
+    monitor: str = "val/bbox_mAP"  # metric deciding best.safetensors (and early stopping)
     monitor_mode: str = "max"
     init_weights: Optional[str] = None  # weights-only load (fine-tuning)
     ema: bool = False
