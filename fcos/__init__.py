@@ -9,9 +9,14 @@ results = det.predict(["image.jpg"])
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-from fcos.config import Config, ConfigError, load_config
+# Paddle prints these on every import / training step; they are not actionable for users of fcos.
+warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+warnings.filterwarnings("ignore", message="When training, we now always track global mean", category=UserWarning)
+
+from fcos.config import Config, ConfigError, load_config  # noqa: E402
 
 __version__ = "0.1.0"
 

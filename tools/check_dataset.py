@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ann", help="COCO annotation JSON")
     ap.add_argument("--image-dir", help="directory the JSON's file_name entries are relative to")
     ap.add_argument("-c", "--config", help="check data.train and data.val of this config instead")
-    ap.add_argument("-o", "--opt", nargs="*", default=[], help="config overrides key.sub=value")
+    ap.add_argument("-o", "--opt", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--output", default="", help="where to write the report JSON and PNG (default: next to the JSON)")
     ap.add_argument(
         "--headers-only", action="store_true", help="read image headers only (fast; misses truncated files)"

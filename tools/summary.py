@@ -133,7 +133,9 @@ def parse_size(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="recipe YAML, e.g. configs/rt_dla34.yml")
-    parser.add_argument("-o", "--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument(
+        "-o", "--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides"
+    )
     parser.add_argument("--size", type=parse_size, default=None, help="input HxW (default: test size, padded)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.override)
