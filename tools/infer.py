@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("warning: no -w/--weights given: the model has random weights", file=sys.stderr)
             predictor = Detector(cfg, weights=args.weights)
             predictor.timer.warmup = 1
+            predictor.batch_size = max(1, args.batch_size)
             default_threshold = cfg.export.draw_threshold
             if predictor.load_report is not None:
                 print(predictor.load_report)

@@ -94,11 +94,12 @@ class Detector:
         self.class_names = list(class_names) if class_names else names
         self.category_ids = [int(c) for c in category_ids] if category_ids else cat_ids
         self.timer = StageTimer()
+        self.batch_size = 1  # images per forward pass when predict() is not told
 
     def predict(
         self,
         images: Sequence[ImageLike],
-        batch_size: int = 1,
+        batch_size: Optional[int] = None,
         keep_images: bool = True,
         paths: Optional[Sequence[str]] = None,
     ) -> list[Results]:
@@ -106,7 +107,8 @@ class Detector:
 
         Returns one :class:`Results` per image, in order, with all detections the model kept
         (``model.postprocess.score_thresh`` and above; filter with ``Results.filter(threshold)``):
-        boxes (k, 4) xyxy in original pixels. ``batch_size`` images share one forward pass;
+        boxes (k, 4) xyxy in original pixels. ``batch_size`` (default ``self.batch_size``, 1) images
+        share one forward pass;
         ``paths`` names array inputs (``Results.path``).
         """
         import paddle
@@ -115,6 +117,7 @@ class Detector:
 
         if isinstance(images, (np.ndarray, str)):
             images = [images]
+        batch_size = self.batch_size if batch_size is None else batch_size
         out: list[Results] = []
         for start in range(0, len(images), max(1, batch_size)):
             chunk = list(images[start : start + max(1, batch_size)])
