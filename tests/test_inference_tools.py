@@ -158,3 +158,26 @@ def test_exported_directory_works_as_weights(weights, infer, image_dir, tmp_path
     recs = json.loads((tmp_path / "e.json").read_text())
     ref = det.predict([os.path.join(image_dir, "a.jpg")])[0]
     assert len(recs) == len(ref) and recs[0]["score"] == pytest.approx(float(ref.scores[0]), abs=1e-4)
+
+
+class _Payload:
+    """Unpickling this would run ``touch <marker>``: the tools must refuse it before that happens."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_weights_are_refused_with_a_clear_error(infer, image_dir, tmp_path, capsys):
+    import pickle
+
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pdparams"
+    with open(evil, "wb") as f:
+        pickle.dump({"backbone.conv.weight": _Payload(str(marker))}, f)
+    rc = infer(["-c", CONFIG, "-w", str(evil), "--source", os.path.join(image_dir, "a.jpg"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "evil.pdparams" in err and "system" in err
+    assert not marker.exists()

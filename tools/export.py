@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: no -w/--weights given: exporting random weights", file=sys.stderr)
     try:
         det = Detector(cfg, weights=args.weights)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, pickle.UnpicklingError) as e:  # incl. unsafe pickles
         print(f"error: {e}", file=sys.stderr)
         return 2
     if det.load_report is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             default_threshold = cfg.export.draw_threshold
             if predictor.load_report is not None:
                 print(predictor.load_report)
-    except (ConfigError, DeployError, OSError, ValueError) as e:
+    except (ConfigError, DeployError, OSError, ValueError, pickle.UnpicklingError) as e:  # incl. unsafe pickles
         print(f"error: {e}", file=sys.stderr)
         return 2
 
