@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from fcos.deploy.predictor import DeployError, DeployPredictor, load_infer_cfg
+from fcos.deploy.predictor import DeployError, DeployPredictor, load_infer_cfg, resolve_threads
 from fcos.inference.timing import StageTimer
 
 ONNX_NAME = "model.onnx"
@@ -56,7 +56,7 @@ class OnnxPredictor(DeployPredictor):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        threads = self.cfg.runtime.cpu_threads if self.cfg.runtime.cpu_threads > 0 else (os.cpu_count() or 1)
+        threads = resolve_threads(self.cfg.runtime.cpu_threads)
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -222,6 +222,17 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
     )
 
 
+def resolve_threads(cpu_threads: int) -> int:
+    """``cpu_threads`` when > 0, else the cores this process may run on (CPU affinity, e.g. a container
+    limit), else the logical core count."""
+    if cpu_threads > 0:
+        return int(cpu_threads)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def cpu_supports_bf16() -> bool:
     """True when the CPU has AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo flags)."""
     try:
@@ -279,7 +290,7 @@ def create_paddle_predictor(
             raise DeployError(f"precision {opts.precision!r} on GPU needs use_tensorrt (fp16) ")
     else:
         config.disable_gpu()
-        threads = opts.cpu_threads if opts.cpu_threads > 0 else (os.cpu_count() or 1)
+        threads = resolve_threads(opts.cpu_threads)
         config.set_cpu_math_library_num_threads(threads)
         if opts.precision == "fp16":
             raise DeployError("precision 'fp16' needs a GPU with TensorRT; on CPU use fp32 or bf16")
@@ -432,7 +443,7 @@ class DeployPredictor:
 
             hw = f"GPU {paddle.device.cuda.get_device_name(rt.gpu_id)}"
         else:
-            threads = rt.cpu_threads if rt.cpu_threads > 0 else (os.cpu_count() or 1)
+            threads = resolve_threads(rt.cpu_threads)
             hw = f"CPU {cpu_name()} ({threads} threads of {os.cpu_count()} logical cores)"
         inp = self.cfg.input
         return (
