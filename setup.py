@@ -23,7 +23,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=7", "ruff>=0.5"],
-        "onnx": ["paddle2onnx>=1.2", "onnxruntime>=1.16"],
+        "onnx": ["paddle2onnx>=2.1", "onnxruntime>=1.16"],
         "aug": ["albumentations>=1.3"],
     },
 )

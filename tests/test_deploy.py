@@ -8,6 +8,7 @@ import os
 import shutil
 
 import cv2
+import numpy as np
 import paddle
 import pytest
 import yaml
@@ -124,3 +125,30 @@ def test_deploy_infer_bad_model_dir_and_camera(tmp_path, capsys):
     assert "infer_cfg.yml: not found" in capsys.readouterr().err
     assert tool.main(["--model_dir", str(tmp_path), "--camera", "63"]) == 2
     assert "camera 63" in capsys.readouterr().err
+
+
+def test_image_without_detections_on_onednn(tmp_path):
+    """An image whose NMS keeps nothing gives an empty result on the oneDNN predictor (Paddle 3.3's
+    oneDNN kernels fail on empty tensors), and later images with detections still match dygraph."""
+    cfg = fcos.load_config(CONFIG)
+    paddle.seed(0)
+    model = fcos.build_model(cfg)
+    make_detection_rich(model, seed=1)
+    out = str(tmp_path / "model")
+    export_model(model, cfg, out, cfg.data.class_names, [1, 2, 3, 4])
+    pred = DeployPredictor(out, use_mkldnn=True, draw_threshold=0.0)
+    textured, blank = make_check_images()[0], np.zeros((120, 150, 3), np.uint8)
+    # a blank image gives no detections once the class bias is lowered enough to silence flat input
+    detector = fcos.Detector(cfg, model=model)
+    assert len(detector.predict([textured])[0]) > 0
+    with paddle.no_grad():
+        model.head.cls_logits.bias.set_value(paddle.full_like(model.head.cls_logits.bias, -30.0))
+    out_silent = str(tmp_path / "silent")
+    export_model(model, cfg, out_silent, cfg.data.class_names, [1, 2, 3, 4])
+    silent = DeployPredictor(out_silent, use_mkldnn=True)
+    assert [len(r) for r in silent.predict([blank, textured])] == [0, 0]
+    first = pred.predict([textured])[0]
+    assert len(first) > 0
+    assert len(silent.predict([blank])[0]) == 0
+    again = pred.predict([textured])[0]
+    np.testing.assert_allclose(again.boxes, first.boxes, atol=1e-4)

@@ -376,6 +376,8 @@ class DeployPredictor:
     # -- runtime ---------------------------------------------------------------------------------
 
     def _create_runtime(self, onednn_placement: bool = True) -> None:
+        self._onednn_placement = onednn_placement
+        self._empty_safe: Any = None
         self.predictor = create_paddle_predictor(
             self.cfg.model_file, self.cfg.params_file, self.cfg.runtime, onednn_placement=onednn_placement
         )
@@ -400,15 +402,37 @@ class DeployPredictor:
             return self._run(feeds)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self._run_on(self.predictor, feeds)
+        except RuntimeError:
+            if not self._placement_active():
+                raise
+            # Paddle 3.3's oneDNN kernels (slice/concat/clip placed after NMS) fail on empty tensors,
+            # i.e. on an image with no detections. Such calls go to a second predictor without oneDNN op
+            # placement; every other call keeps the fast one.
+            if self._empty_safe is None:
+                self._empty_safe = create_paddle_predictor(
+                    self.cfg.model_file, self.cfg.params_file, self.cfg.runtime, onednn_placement=False
+                )
+                note = "images without detections run on a second predictor without oneDNN op placement"
+                self.notes.append(note)
+                logger.info(note)
+            return self._run_on(self._empty_safe, feeds)
+
+    def _placement_active(self) -> bool:
+        rt = self.cfg.runtime
+        return rt.device == "cpu" and bool(rt.use_mkldnn) and self._onednn_placement
+
+    def _run_on(self, predictor: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         for name in self.input_names:
             if name not in feeds:
                 raise DeployError(f"exported model expects input '{name}', got {sorted(feeds)}")
-            handle = self.predictor.get_input_handle(name)
+            handle = predictor.get_input_handle(name)
             arr = np.ascontiguousarray(feeds[name])
             handle.reshape(list(arr.shape))
             handle.copy_from_cpu(arr)
-        self.predictor.run()
-        return [self.predictor.get_output_handle(n).copy_to_cpu() for n in self.output_names]
+        predictor.run()
+        return [predictor.get_output_handle(n).copy_to_cpu() for n in self.output_names]
 
     def engine(self) -> str:
         """The inference engine and precision, e.g. ``Paddle Inference oneDNN fp32``."""

@@ -20,6 +20,18 @@ import paddle.nn.functional as F
 from fcos.modeling.layers import conv2d, init_c2_xavier
 
 
+def upsample_nearest_to(x: paddle.Tensor, ref: paddle.Tensor) -> paddle.Tensor:
+    """Nearest x2 upsampling of ``x`` (N, C, h, w) cropped to ``ref``'s (H, W), H in {2h, 2h-1}.
+
+    Equal to ``F.interpolate(x, size=(H, W), mode="nearest")`` for those sizes, written as repeat +
+    crop because Paddle 3.3 Inference cannot run ``nearest_interp`` under oneDNN from a saved model
+    (PaddlePaddle/Paddle#79749), which would force the slower fallback predictor.
+    """
+    s, r = paddle.shape(x), paddle.shape(ref)
+    y = x.unsqueeze([3, 5]).expand([s[0], s[1], s[2], 2, s[3], 2]).reshape([s[0], s[1], s[2] * 2, s[3] * 2])
+    return paddle.slice(y, axes=[2, 3], starts=[0, 0], ends=[r[2], r[3]])
+
+
 class FPN(nn.Layer):
     """Args:
         in_channels: channels of C3, C4, C5.
@@ -68,7 +80,7 @@ class FPN(nn.Layer):
         outs = [self.output_convs[-1](prev)]
         for i in range(len(feats) - 2, -1, -1):
             lateral = self.lateral_convs[i](feats[i])
-            top_down = F.interpolate(prev, size=paddle.shape(lateral)[2:], mode="nearest")
+            top_down = upsample_nearest_to(prev, lateral)
             prev = lateral + top_down
             outs.insert(0, self.output_convs[i](prev))
         if self.num_extra_levels >= 1:
