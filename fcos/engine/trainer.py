@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import time
-import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional, Union
 
@@ -167,8 +166,6 @@ class Trainer:
         """
         if resume is None:
             resume = self.resume_from
-        # Paddle warns on every training forward of a BatchNorm; once is enough
-        warnings.filterwarnings("once", message="When training, we now always track global mean and variance")
         self.call("setup", "fit")
         try:
             if resume:
