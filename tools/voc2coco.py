@@ -11,10 +11,9 @@ that disagrees is reported. An object of a class not in the class list stops the
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from fcos.data.annotations import AnnotationError, read_class_names, write_json
+from fcos.data.annotations import AnnotationError, read_class_names, write_conversion
 from fcos.data.voc import voc_to_coco
 
 
@@ -41,10 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except AnnotationError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_json(coco, args.output)
-    print(report.summary())
-    print(f"wrote {args.output} ({len(coco['images'])} images, {len(coco['annotations'])} boxes)")
-    write_json(report.to_dict(), os.path.splitext(args.output)[0] + ".report.json")
+    print(write_conversion(coco, report, args.output))
     return 0
 
 

@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from fcos.checkpoint.safe_pickle import safe_load
+from fcos.utils.files import default_file_mode
 
 __all__ = [
     "LoadReport",
@@ -60,6 +61,7 @@ def write_file_atomic(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -23,6 +23,8 @@ from typing import Optional
 
 import numpy as np
 
+from fcos.utils.files import default_file_mode
+
 
 class AnnotationError(ValueError):
     """A non-recoverable annotation problem; the message names the file, line and value."""
@@ -188,11 +190,23 @@ def write_json(data: dict, path: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, ensure_ascii=False)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_conversion(coco: dict, report: ConversionReport, output: str) -> str:
+    """Write a converted dataset and its report (``<output stem>.report.json``); returns a summary."""
+    write_json(coco, output)
+    report_path = os.path.splitext(output)[0] + ".report.json"
+    write_json(report.to_dict(), report_path)
+    return (
+        f"{report.summary()}\nwrote {output} ({len(coco['images'])} images, {len(coco['annotations'])} boxes) "
+        f"and {report_path}"
+    )
 
 
 def read_class_names(path: str) -> list[str]:
