@@ -61,11 +61,8 @@ def write_run_info(run_dir: str, cfg: Config, runtime: dict[str, Any]) -> None:
 
 def check_training_data(cfg: Config, run_dir: str) -> None:
     """``data.check_on_start``: run the dataset checks on the training split; errors stop the run."""
-    try:
-        from fcos.data.checks import check_dataset
-    except ImportError:  # pragma: no cover - data checks not available
-        logger.warning("fcos.data.checks is not available: skipping the dataset check")
-        return
+    from fcos.data.checks import check_dataset
+
     split = cfg.data.train
     report = check_dataset(split.ann_file, split.image_dir, out_dir=os.path.join(run_dir, "dataset_check"))
     for w in report.warnings[:20]:

@@ -71,6 +71,9 @@ class Detector:
         class_names: Optional[Sequence[str]] = None,
         category_ids: Optional[Sequence[int]] = None,
     ) -> None:
+        from fcos.utils.runtime import ensure_cpu_runtime
+
+        ensure_cpu_runtime()  # threads + MKL settings for Python-API users too (tools set them first)
         self.cfg = cfg
         self.load_report: Any = None
         metadata: dict[str, Any] = {}

@@ -87,6 +87,8 @@ def setup_cpu_runtime(num_threads: int = 0) -> dict[str, Any]:
     unless the user set it (set ``MKL_DEBUG_CPU_TYPE`` yourself, to any value, to opt out).
     """
     global _APPLIED
+    import paddle  # before OMP_NUM_THREADS changes: Paddle's import warns about any value but 1
+
     threads = int(num_threads) if num_threads and num_threads > 0 else default_num_threads()
     applied: dict[str, Any] = {"threads": threads, "mkl_debug_cpu_type": os.environ.get("MKL_DEBUG_CPU_TYPE")}
     if cpu_vendor() == "AuthenticAMD" and "MKL_DEBUG_CPU_TYPE" not in os.environ:
@@ -94,8 +96,6 @@ def setup_cpu_runtime(num_threads: int = 0) -> dict[str, Any]:
         applied["mkl_debug_cpu_type"] = "5 (set by fcos: AMD CPU, bundled MKL 2019)"
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
-        import paddle
-
         paddle.base.core.set_num_threads(threads)
     except Exception as e:  # pragma: no cover - a Paddle without set_num_threads
         logger.debug("could not set the Paddle thread count: %s", e)
@@ -103,3 +103,9 @@ def setup_cpu_runtime(num_threads: int = 0) -> dict[str, Any]:
         logger.info("CPU runtime: %d math thread(s), MKL_DEBUG_CPU_TYPE=%s", threads, applied["mkl_debug_cpu_type"])
     _APPLIED = applied
     return applied
+
+
+def ensure_cpu_runtime() -> None:
+    """Apply the default CPU settings unless a caller already chose them (e.g. a tool's ``--threads``)."""
+    if _APPLIED is None:
+        setup_cpu_runtime()
