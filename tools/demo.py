@@ -41,6 +41,24 @@ def make_demo_video(path: str, image_dir: str, seed: int, num_frames: int) -> st
     return _make(path, image_dir=image_dir, seed=seed, num_frames=num_frames)
 
 
+def write_montage(image_dir: str, path: str, count: int = 6, cols: int = 3) -> str:
+    """A grid of the first ``count`` annotated images (all the same size in the demo) as one JPEG."""
+    import cv2
+    import numpy as np
+
+    names = sorted(n for n in os.listdir(image_dir) if n.lower().endswith((".jpg", ".png")))[:count]
+    tiles = [cv2.imread(os.path.join(image_dir, n)) for n in names]
+    tiles = [t for t in tiles if t is not None]
+    if not tiles:
+        return "(no annotated images)"
+    h, w = tiles[0].shape[:2]
+    tiles = [cv2.resize(t, (w, h)) for t in tiles]
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % cols)
+    rows = [np.hstack(tiles[i : i + cols]) for i in range(0, len(tiles), cols)]
+    cv2.imwrite(path, np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return path
+
+
 def best_weights(run_dir: str) -> str:
     from fcos.engine.checkpoint import find_best_weights
 
@@ -143,15 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.isfile(metrics_path):
         with open(metrics_path, encoding="utf-8") as f:
             m = json.load(f)
-        summary = f"  mAP {m.get('bbox_mAP', float('nan')):.3f}  AP50 {m.get('bbox_AP50', float('nan')):.3f}\n"
+        summary = f"  mAP {m.get('bbox_mAP', float('nan')):.3f}  AP50 {m.get('bbox_AP50', float('nan')):.3f} on the synthetic val set\n"
+    montage = write_montage(os.path.join(deploy_dir, "images"), os.path.join(out, "detections.jpg"))
     total = time.perf_counter() - t_start
     print(
         f"\n=== Done in {total / 60:.1f} min\n{summary}"
-        f"  annotated images : {deploy_dir}/images\n"
-        f"  annotated video  : {deploy_dir}/video\n"
-        f"  checkpoints      : {run_dir}/checkpoints  (evaluated: {weights})\n"
-        f"  metrics          : {run_dir}/metrics.csv, {run_dir}/results.png, {metrics_path}\n"
-        f"  exported model   : {export_dir}  (edit {export_dir}/infer_cfg.yml to change threshold or size)\n"
+        f"  detections       : {montage}  (a grid of annotated val images)\n"
+        f"  annotated images : {deploy_dir}/images/\n"
+        f"  annotated video  : {deploy_dir}/video/{os.path.basename(video)}\n"
+        f"  dataset check    : {out}/dataset_check/ (report JSON, class distribution PNG)\n"
+        f"  training run     : {run_dir}/ (train.log, metrics.csv, results.png, checkpoints/)\n"
+        f"  evaluation       : {metrics_path}, {run_dir}/eval/pr_curve.png\n"
+        f"  exported model   : {export_dir}/  (edit infer_cfg.yml to change threshold or size)\n"
         f"  VisualDL         : visualdl --logdir {run_dir}/vdl --language en   (then open http://localhost:8040)\n"
     )
     return 0

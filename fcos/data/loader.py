@@ -23,6 +23,7 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional
 
+import cv2
 import numpy as np
 import paddle
 
@@ -174,12 +175,6 @@ def _worker_init(worker_id: int, seed: int) -> None:
     s = (int(seed) * 1000 + int(worker_id)) % (2**32)
     random.seed(s)
     np.random.seed(s)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)  # workers are the parallelism; OpenCV threads would oversubscribe the cores
-    except Exception:  # pragma: no cover - cv2 is a dependency
-        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,6 +233,9 @@ def _make_loader(
     use_shm = choose_shared_memory(cfg.data.use_shared_memory, workers, batch_bytes, shared_memory_free())
     kwargs: dict[str, Any] = {}
     if workers > 0:
+        # Workers are the parallelism. OpenCV's thread pool must be off BEFORE the fork: a forked worker
+        # that touches a pool the parent had used (even cv2.setNumThreads) can deadlock.
+        cv2.setNumThreads(1)
         kwargs = {
             "worker_init_fn": functools.partial(_worker_init, seed=cfg.train.seed),
             "prefetch_factor": _PREFETCH_FACTOR,
