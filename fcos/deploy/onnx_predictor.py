@@ -11,8 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from fcos.deploy.predictor import DeployError, DeployPredictor, load_infer_cfg, resolve_threads
-from fcos.inference.timing import StageTimer
+from fcos.deploy.predictor import DeployError, DeployPredictor, resolve_threads
 
 ONNX_NAME = "model.onnx"
 
@@ -35,22 +34,18 @@ class OnnxPredictor(DeployPredictor):
             import onnxruntime  # noqa: F401
         except ImportError as e:
             raise DeployError('ONNX Runtime is not installed: pip install "fcos-paddle[onnx]"') from e
-        self.cfg = load_infer_cfg(model_dir)
         self.onnx_file = onnx_file or os.path.join(model_dir, ONNX_NAME)
         if not os.path.isfile(self.onnx_file):
             raise DeployError(f"{self.onnx_file}: not found (create it with tools/export.py --onnx)")
-        if cpu_threads is not None:
-            self.cfg.runtime.cpu_threads = int(cpu_threads)
-        if target_size is not None:
-            self.cfg.input.test_short = int(target_size)
-        if max_size is not None:
-            self.cfg.input.test_max = int(max_size)
-        if draw_threshold is not None:
-            self.cfg.draw_threshold = float(draw_threshold)
-        self.notes: list[str] = []
-        self.last_input_shape: Optional[tuple[int, ...]] = None
-        self._create_runtime()
-        self.timer = StageTimer(warmup)
+        # infer_cfg.yml and the overrides as for Paddle Inference; _create_runtime below opens the session
+        super().__init__(
+            model_dir,
+            cpu_threads=cpu_threads,
+            target_size=target_size,
+            max_size=max_size,
+            draw_threshold=draw_threshold,
+            warmup=warmup,
+        )
 
     def _create_runtime(self, onednn_placement: bool = True) -> None:
         import onnxruntime as ort
