@@ -225,12 +225,9 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
 def resolve_threads(cpu_threads: int) -> int:
     """``cpu_threads`` when > 0, else the cores this process may run on (CPU affinity, e.g. a container
     limit), else the logical core count."""
-    if cpu_threads > 0:
-        return int(cpu_threads)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    from fcos.utils.runtime import usable_cores
+
+    return int(cpu_threads) if cpu_threads > 0 else usable_cores()
 
 
 def cpu_supports_bf16() -> bool:
