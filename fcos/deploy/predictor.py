@@ -388,7 +388,7 @@ class DeployPredictor:
         except NotImplementedError as e:
             # Paddle 3.3.1 cannot run some ops of a loaded PIR program (e.g. nearest_interp) on oneDNN.
             # Keep oneDNN's fused kernels but leave op placement to Paddle, once, and say so.
-            if _ONEDNN_PIR_BUG not in str(e) or self.notes:
+            if _ONEDNN_PIR_BUG not in str(e) or not self._onednn_placement:
                 raise
             self.notes.append(
                 "oneDNN could not run an op of this model (Paddle 3.3.1 PIR limitation, e.g. nearest_interp); "
@@ -401,6 +401,8 @@ class DeployPredictor:
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
             return self._run_on(self.predictor, feeds)
+        except (DeployError, NotImplementedError):
+            raise  # bad feeds; ops oneDNN cannot run at all (run_arrays drops op placement for those)
         except RuntimeError:
             if not self._placement_active():
                 raise
