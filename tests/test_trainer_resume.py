@@ -17,7 +17,7 @@ from fcos.config import Config, load_config
 from fcos.data.batch import Batch, Sample, collate_samples
 from fcos.engine.callbacks.base import Callback
 from fcos.engine.callbacks.defaults import build_default_callbacks
-from fcos.engine.checkpoint import list_step_checkpoints, load_checkpoint
+from fcos.engine.checkpoint import CheckpointError, list_step_checkpoints, load_checkpoint
 from fcos.engine.optim import build_optimizer
 from fcos.engine.trainer import Trainer
 from fcos.modeling import build_model
@@ -275,3 +275,19 @@ def test_resume_falls_back_when_newest_is_broken(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         t.fit(resume=True)
     assert t.state.start_step == 2 and "falling back to the previous checkpoint" in caplog.text
+
+
+def test_a_fresh_run_never_overwrites_a_previous_runs_checkpoints(tmp_path):
+    samples = make_samples(8)
+    cfg = tiny_config(str(tmp_path / "run"))
+    make_trainer(cfg, samples, 2, []).fit()
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    before = {p.name: p.read_bytes() for p in ckpt_dir.iterdir()}
+    assert "step_0000002.safetensors" in before
+    again = make_trainer(cfg, samples, 2, [], init_seed=5)
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints.*--resume.*train.output_dir"):
+        again.fit()
+    assert {p.name: p.read_bytes() for p in ckpt_dir.iterdir()} == before
+    resumed = make_trainer(cfg, samples, 3, [], init_seed=5)  # --resume continues instead
+    resumed.fit(resume=True)
+    assert resumed.state.global_step == 3

@@ -128,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "2/6 dataset check",
     )
-    times["train"] = run([py, "tools/train.py", "-c", CONFIG, *o_flags], "3/6 training (VisualDL logs, checkpoints)")
+    # --resume: a second `make demo` continues (or reuses) the finished run instead of overwriting it
+    times["train"] = run(
+        [py, "tools/train.py", "-c", CONFIG, "--resume", *o_flags], "3/6 training (VisualDL logs, checkpoints)"
+    )
     weights = best_weights(run_dir)
     times["eval"] = run([py, "tools/eval.py", "-c", CONFIG, "-w", weights, *o_flags], "4/6 COCO evaluation")
     times["export"] = run(

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fcos.config import ConfigError, load_config
     from fcos.engine.build import build_trainer
+    from fcos.engine.checkpoint import CheckpointError
 
     try:
         cfg = load_config(args.config, overrides=args.opt)
@@ -65,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
             trainer.resume(args.resume)
         metrics = trainer.evaluate()
         return 0 if metrics or not trainer.is_main else 1
-    state = trainer.fit()
+    try:
+        state = trainer.fit()
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if trainer.is_main:
         print(f"finished at step {state.global_step}/{state.max_steps}; run directory: {trainer.run_dir}")
         if state.best_metric is not None:

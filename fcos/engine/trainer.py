@@ -28,7 +28,9 @@ from fcos.config import Config, config_to_dict
 from fcos.engine.amp import MixedPrecision
 from fcos.engine.callbacks.base import Callback, order_callbacks
 from fcos.engine.checkpoint import (
+    BEST_FILE,
     CheckpointError,
+    list_step_checkpoints,
     load_checkpoint,
     load_latest_checkpoint,
     load_model_tensors,
@@ -158,6 +160,19 @@ class Trainer:
     # training
     # ------------------------------------------------------------------------------------------
 
+    def _refuse_to_overwrite_a_previous_run(self) -> None:
+        """A fresh run would overwrite the step checkpoints and ``best`` already in ``ckpt_dir``."""
+        existing = list_step_checkpoints(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else []
+        if os.path.isfile(os.path.join(self.ckpt_dir, BEST_FILE)):
+            existing.append(os.path.join(self.ckpt_dir, BEST_FILE))
+        if existing:
+            names = ", ".join(os.path.basename(p) for p in existing[:4]) + (" ..." if len(existing) > 4 else "")
+            raise CheckpointError(
+                f"{self.ckpt_dir} already holds checkpoints of a previous run ({names}); nothing was "
+                "overwritten. Continue that run with --resume, or start a new one in another directory "
+                "with -o train.output_dir=DIR"
+            )
+
     def fit(self, resume: Union[bool, str, None] = None) -> TrainState:
         """Train until ``state.max_steps`` or a callback sets ``state.should_stop``.
 
@@ -166,6 +181,8 @@ class Trainer:
         """
         if resume is None:
             resume = self.resume_from
+        if not resume:
+            self._refuse_to_overwrite_a_previous_run()
         self.call("setup", "fit")
         try:
             if resume:
