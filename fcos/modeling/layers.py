@@ -11,6 +11,7 @@ from typing import Optional
 
 import paddle
 import paddle.nn as nn
+import paddle.nn.functional as F
 
 NORMS = ("bn", "syncbn", "frozen_bn", "gn", "none")
 
@@ -32,9 +33,10 @@ class FrozenBatchNorm2D(nn.Layer):
         self.register_buffer("_variance", paddle.ones([num_channels], dtype="float32"))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        scale = self.weight * paddle.rsqrt(self._variance + self.epsilon)
-        shift = self.bias - self._mean * scale
-        return x * scale.reshape([1, -1, 1, 1]) + shift.reshape([1, -1, 1, 1])
+        # One inference-mode batch_norm op rather than x * scale + shift: a single pass over x in
+        # dygraph, and an exported graph whose conv + batch_norm pairs Paddle Inference folds into
+        # one convolution (two elementwise ops per conv cost a third of the exported R50's time).
+        return F.batch_norm(x, self._mean, self._variance, self.weight, self.bias, training=False, epsilon=self.epsilon)
 
     @classmethod
     def from_batch_norm(cls, bn: nn.Layer) -> FrozenBatchNorm2D:
