@@ -1,6 +1,7 @@
 # fcos-paddle. On a fresh machine: `make demo` (installs on first use, then runs the no-download demo); `make test`.
 PYTHON ?= python3
 PADDLE ?= paddlepaddle==3.3.1
+ONEDNN_HEADERS ?= onednn-devel==2025.0.1
 CFG ?= configs/rt_dla34.yml
 W ?=
 OPTS ?=
@@ -13,6 +14,9 @@ STAMP := .make/installed
 $(STAMP): setup.py setup.cfg
 	@$(PYTHON) -c "import paddle" 2>/dev/null && echo "Paddle already installed: keeping it" || $(PYTHON) -m pip install "$(PADDLE)"
 	$(PYTHON) -m pip install -e ".[dev]"
+	@# oneDNN C++ headers (headers only, no library) for the dygraph convolution operator in fcos/ops;
+	@# the version matches the oneDNN 3.6 inside paddlepaddle 3.3.
+	$(PYTHON) -m pip install --no-deps "$(ONEDNN_HEADERS)"
 	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
 install:  ## (re)install: make install [PADDLE=paddlepaddle-gpu]

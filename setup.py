@@ -9,6 +9,7 @@ setup(
     version="0.1.0",
     description="FCOS / FCOS_RT object detection on PaddlePaddle: models, checkpoint import, training, export, deploy",
     packages=find_packages(include=["fcos", "fcos.*"]),
+    package_data={"fcos.ops": ["*.cc"]},  # compiled on first use (fcos/ops/onednn_conv.py)
     python_requires=">=3.9",
     install_requires=[
         "numpy>=1.21",

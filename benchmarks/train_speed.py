@@ -3,9 +3,11 @@
     python benchmarks/train_speed.py                      # all recipes, batch 2, 512x512, CPU or GPU
     python benchmarks/train_speed.py --recipes tv_r50 --size 512 --batch 2 --steps 5
     python benchmarks/train_speed.py --threads 2           # CPU math threads (default: fcos's choice)
+    python benchmarks/train_speed.py --recipes tv_r50 --cpu-conv paddle onednn   # both conv backends
 
 Each recipe runs in its own process (so peak memory is per recipe), with the CPU settings the library
-applies itself (fcos.utils.runtime). A step is forward + loss + backward + SGD update on random images
+applies itself (fcos.utils.runtime). ``--cpu-conv`` picks the dygraph convolution backend
+(fcos/ops/onednn_conv.py; "auto" is what training uses). A step is forward + loss + backward + SGD update on random images
 with a few random boxes. For tv_r50 the same step of torchvision's ``fcos_resnet50_fpn`` (frozen BN,
 3 trainable stages, like the recipe) is measured side by side when torch/torchvision are importable.
 Numbers on a shared machine vary by +-20 %; compare ratios measured in the same run.
@@ -39,7 +41,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def measure_paddle(recipe: str, size: int, batch: int, steps: int, warmup: int, threads: int) -> dict:
+def measure_paddle(recipe: str, size: int, batch: int, steps: int, warmup: int, threads: int, cpu_conv: str) -> dict:
     import numpy as np
     import paddle
 
@@ -48,7 +50,7 @@ def measure_paddle(recipe: str, size: int, batch: int, steps: int, warmup: int, 
     from fcos.modeling import build_model
     from fcos.utils.runtime import setup_cpu_runtime
 
-    runtime = setup_cpu_runtime(threads)
+    runtime = setup_cpu_runtime(threads, cpu_conv)
     cfg = load_config(os.path.join(ROOT, "configs", f"{recipe}.yml"), overrides=["model.backbone.pretrained=null"])
     model = build_model(cfg)
     model.train()
@@ -77,7 +79,7 @@ def measure_paddle(recipe: str, size: int, batch: int, steps: int, warmup: int, 
         gpu_mb = paddle.device.cuda.max_memory_allocated() / 2**20
     med = sorted(times)[len(times) // 2]
     return {
-        "framework": f"paddle {paddle.__version__}",
+        "framework": f"paddle {paddle.__version__} conv={runtime['cpu_conv']}",
         "recipe": recipe,
         "step_s": med,
         "images_per_s": batch / med,
@@ -131,13 +133,13 @@ def _child(args: argparse.Namespace) -> int:
     if args.child == "torchvision":
         out = measure_torchvision(args.size, args.batch, args.steps, args.warmup, args.threads)
     else:
-        out = measure_paddle(args.child, args.size, args.batch, args.steps, args.warmup, args.threads)
+        out = measure_paddle(args.child, args.size, args.batch, args.steps, args.warmup, args.threads, args.cpu_conv[0])
     print("RESULT " + json.dumps(out), flush=True)
     return 0
 
 
-def _run_child(name: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", name]
+def _run_child(name: str, args: argparse.Namespace, cpu_conv: str = "auto") -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--cpu-conv", cpu_conv]
     cmd += ["--size", str(args.size), "--batch", str(args.batch), "--steps", str(args.steps)]
     cmd += ["--warmup", str(args.warmup), "--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -165,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="CPU math threads (0: the library's default)")
+    ap.add_argument(
+        "--cpu-conv", nargs="+", default=["auto"], choices=["auto", "onednn", "paddle"], help="conv backend(s) to time"
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -179,20 +184,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {cpu_name()}, {threads} thread(s); load average {os.getloadavg()[0]:.2f} (shared machine: +-20 %)")
     rows = []
     for recipe in args.recipes:
-        rows.append(_run_child(recipe, args))
+        for cpu_conv in args.cpu_conv:
+            rows.append(_run_child(recipe, args, cpu_conv))
         if recipe == "tv_r50":
             if _torch_available():
                 rows.append(_run_child("torchvision", args))
             else:
                 rows.append({"recipe": "torchvision fcos_resnet50_fpn", "error": "torch/torchvision not installed"})
-    print(f"\n{'recipe':<32} {'framework':<20} {'s/step':>8} {'img/s':>7} {'peak RSS MB':>12} {'peak GPU MB':>12}")
+    print(f"\n{'recipe':<32} {'framework':<28} {'s/step':>8} {'img/s':>7} {'peak RSS MB':>12} {'peak GPU MB':>12}")
     for r in rows:
         if "error" in r:
-            print(f"{r['recipe']:<32} {'-':<20} {'error: ' + r['error']}")
+            print(f"{r['recipe']:<32} {'-':<28} {'error: ' + r['error']}")
             continue
         gpu = f"{r['peak_gpu_mb']:.0f}" if r.get("peak_gpu_mb") else "-"
         print(
-            f"{r['recipe']:<32} {r['framework']:<20} {r['step_s']:>8.3f} {r['images_per_s']:>7.2f} "
+            f"{r['recipe']:<32} {r['framework']:<28} {r['step_s']:>8.3f} {r['images_per_s']:>7.2f} "
             f"{r['peak_rss_mb']:>12.0f} {gpu:>12}"
         )
     return 0

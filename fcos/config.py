@@ -186,6 +186,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
     nan_policy: str = "stop"  # "stop" | "skip"
     num_threads: int = 0  # CPU math threads; 0 = all cores
+    cpu_conv: str = "auto"  # dygraph CPU convolutions: "auto" | "onednn" | "paddle" (fcos/ops/onednn_conv.py)
     vis_images: int = 4  # validation images drawn into VisualDL
 
 
@@ -381,6 +382,7 @@ _CHOICES = {
     "train.amp_dtype": ("float16", "bfloat16"),
     "train.monitor_mode": ("max", "min"),
     "train.nan_policy": ("stop", "skip"),
+    "train.cpu_conv": ("auto", "onednn", "paddle"),
     "export.precision": ("fp32", "bf16", "fp16"),
 }
 

@@ -171,6 +171,9 @@ def test_two_process_training_equals_one_process(tmp_path):
         "train.eval_every=0",
         "train.ckpt_every=3",
         "train.log_every=1",
+        # Paddle's conv kernel gives the same numbers for a sample in a batch of 2 or 4; oneDNN picks
+        # different kernels per batch size (differences ~1e-5 after 3 steps), hiding what this checks.
+        "train.cpu_conv=paddle",
     ]
     cfg_path = os.path.join(ROOT, "configs", "demo_shapes.yml")
 

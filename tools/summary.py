@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.override)
     cfg.model.backbone.pretrained = None  # counting needs no weights
-    setup_cpu_runtime(cfg.train.num_threads)
+    setup_cpu_runtime(cfg.train.num_threads, cfg.train.cpu_conv)
     paddle.set_device("cpu")
     model = build_model(cfg)
     size = args.size or default_size(cfg)

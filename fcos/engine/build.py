@@ -107,7 +107,7 @@ def build_trainer(
     from fcos.data.loader import build_train_dataset, build_train_loader, build_val_dataset, build_val_loader
     from fcos.modeling import build_model
 
-    runtime = setup_cpu_runtime(cfg.train.num_threads)
+    runtime = setup_cpu_runtime(cfg.train.num_threads, cfg.train.cpu_conv)
     world_size = dist.init_distributed()
     rank = dist.get_rank()
     run_dir = cfg.train.output_dir

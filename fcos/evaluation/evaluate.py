@@ -36,7 +36,7 @@ def evaluate_weights(cfg: Config, weights: str, out_dir: str) -> Optional[EvalRe
     from fcos.data.loader import build_val_dataset, build_val_loader
     from fcos.modeling import build_model
 
-    setup_cpu_runtime(cfg.train.num_threads)
+    setup_cpu_runtime(cfg.train.num_threads, cfg.train.cpu_conv)
     dist.init_distributed()
     model = build_model(cfg)
     report = load_weights(model, weights)

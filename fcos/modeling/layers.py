@@ -13,6 +13,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from fcos.ops.onednn_conv import onednn_conv2d, onednn_conv_applies
+
 NORMS = ("bn", "syncbn", "frozen_bn", "gn", "none")
 
 
@@ -85,11 +87,25 @@ def get_norm(name: str, channels: int, gn_groups: int = 32) -> Optional[nn.Layer
     raise ValueError(f"get_norm: unknown norm {name!r}; expected one of {list(NORMS)}")
 
 
+class Conv2D(nn.Conv2D):
+    """``nn.Conv2D`` (same parameters and state dict) that runs through oneDNN in dygraph on CPU.
+
+    When :func:`fcos.ops.set_conv_backend` activated the oneDNN operator (the library does so in
+    ``setup_cpu_runtime``), kernels larger than 1x1 use it forward and backward; everything else,
+    including ``paddle.jit.to_static`` export, uses Paddle's ``conv2d``.
+    """
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if onednn_conv_applies(self, x):
+            return onednn_conv2d(x, self.weight, self.bias, self._stride, self._padding, self._dilation, self._groups)
+        return super().forward(x)
+
+
 def conv2d(
     in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = False, dilation: int = 1
-) -> nn.Conv2D:
-    """A square ``Conv2D`` with "same" padding ``dilation * (k - 1) // 2``."""
-    return nn.Conv2D(
+) -> Conv2D:
+    """A square :class:`Conv2D` with "same" padding ``dilation * (k - 1) // 2``."""
+    return Conv2D(
         in_channels,
         out_channels,
         kernel_size,

@@ -3,8 +3,10 @@
 Two measured problems (README "Performance"): importing Paddle sets ``OMP_NUM_THREADS=1`` when it is
 unset, so dygraph runs on one core; and the MKL 2019 bundled with the CPU wheel takes a slow code
 path on AMD processors unless ``MKL_DEBUG_CPU_TYPE=5`` is set (an undocumented switch honoured by
-MKL before 2020.1; 1.8x faster convolutions on the development machine, an AMD EPYC). Training,
-evaluation and the benchmarks call :func:`setup_cpu_runtime` once, before the first heavy op.
+MKL before 2020.1; 1.8x faster convolutions on the development machine, an AMD EPYC). A third
+choice is the dygraph convolution backend: Paddle's im2col kernel or the oneDNN operator of
+:mod:`fcos.ops.onednn_conv` (``train.cpu_conv``). Training, evaluation, inference and the benchmarks
+call :func:`setup_cpu_runtime` once, before the first heavy op.
 
 Thread count, first match wins: the ``num_threads`` argument (``train.num_threads``) > 0;
 ``$FCOS_NUM_THREADS``; ``$OMP_NUM_THREADS`` as the user started the process (read from
@@ -80,11 +82,13 @@ def default_num_threads() -> int:
     return max(1, usable_cores() // max(1, local))
 
 
-def setup_cpu_runtime(num_threads: int = 0) -> dict[str, Any]:
+def setup_cpu_runtime(num_threads: int = 0, cpu_conv: str = "auto") -> dict[str, Any]:
     """Apply the CPU settings once per process; returns what was applied.
 
     ``num_threads`` <= 0 picks :func:`default_num_threads`. On AMD CPUs sets ``MKL_DEBUG_CPU_TYPE=5``
     unless the user set it (set ``MKL_DEBUG_CPU_TYPE`` yourself, to any value, to opt out).
+    ``cpu_conv`` picks the dygraph convolution backend (:func:`fcos.ops.set_conv_backend`; "auto"
+    builds the oneDNN operator on first use and falls back to Paddle's kernel with a warning).
     """
     global _APPLIED
     import paddle  # before OMP_NUM_THREADS changes: Paddle's import warns about any value but 1
@@ -99,8 +103,16 @@ def setup_cpu_runtime(num_threads: int = 0) -> dict[str, Any]:
         paddle.base.core.set_num_threads(threads)
     except Exception as e:  # pragma: no cover - a Paddle without set_num_threads
         logger.debug("could not set the Paddle thread count: %s", e)
+    from fcos.ops.onednn_conv import set_conv_backend
+
+    applied["cpu_conv"] = set_conv_backend(cpu_conv)
     if _APPLIED != applied:
-        logger.info("CPU runtime: %d math thread(s), MKL_DEBUG_CPU_TYPE=%s", threads, applied["mkl_debug_cpu_type"])
+        logger.info(
+            "CPU runtime: %d math thread(s), MKL_DEBUG_CPU_TYPE=%s, dygraph convolutions: %s",
+            threads,
+            applied["mkl_debug_cpu_type"],
+            applied["cpu_conv"],
+        )
     _APPLIED = applied
     return applied
 
