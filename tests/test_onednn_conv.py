@@ -175,3 +175,28 @@ def test_training_step_equals_paddle_backend(name, tol):
     worst = max(errors, key=errors.get)
     assert errors[worst] <= tol, (worst, errors[worst])
     assert np.median(list(errors.values())) <= tol / 4
+
+
+def test_headers_of_the_base_interpreter_are_found_from_a_venv(monkeypatch, tmp_path):
+    """make install puts the headers under the interpreter's prefix; a --system-site-packages venv
+    (e.g. .venv-ref for the torchvision comparisons) has its own sys.prefix but must still find them."""
+    base = tmp_path / "base"
+    inc = base / "include" / "oneapi" / "dnnl"
+    inc.mkdir(parents=True)
+    (inc / "dnnl.hpp").write_text("// stub\n")
+    (inc / "dnnl_version.h").write_text(
+        "#define DNNL_VERSION_MAJOR 3\n#define DNNL_VERSION_MINOR 6\n#define DNNL_VERSION_PATCH 1\n"
+    )
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    monkeypatch.delenv("FCOS_ONEDNN_INCLUDE", raising=False)
+    monkeypatch.setattr(ops.sys, "prefix", str(venv))
+    monkeypatch.setattr(ops.sys, "base_prefix", str(base))
+    monkeypatch.setattr(ops.sysconfig, "get_paths", lambda: {"data": str(venv)})
+    monkeypatch.setattr(ops.os.path, "exists", _only_under(tmp_path, ops.os.path.exists))
+    assert ops.find_headers((3, 6, 2)) == str(base / "include")
+
+
+def _only_under(root, exists):
+    """os.path.exists that hides everything outside ``root`` (the machine's real headers)."""
+    return lambda p: str(p).startswith(str(root)) and exists(p)

@@ -77,6 +77,8 @@ def library_version() -> tuple[int, int, int]:
 def _include_candidates() -> list[str]:
     dirs = [os.environ.get("FCOS_ONEDNN_INCLUDE", "")]
     dirs += [os.path.join(sysconfig.get_paths()["data"], "include"), os.path.join(sys.prefix, "include")]
+    # A venv with --system-site-packages (Paddle installed outside it) sees the base interpreter's.
+    dirs += [os.path.join(sys.base_prefix, "include")]
     dirs += ["/usr/local/include", "/usr/include"]
     return [d for d in dirs if d]
 
