@@ -186,7 +186,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
     nan_policy: str = "stop"  # "stop" | "skip"
     num_threads: int = 0  # CPU math threads; 0 = all cores
-    cpu_conv: str = "auto"  # dygraph CPU convolutions: "auto" | "onednn" | "paddle" (fcos/ops/onednn_conv.py)
+    cpu_conv: str = "auto"  # dygraph CPU convs (k > 1) + GroupNorm: "auto" | "onednn" | "paddle" (fcos/ops)
     vis_images: int = 4  # validation images drawn into VisualDL
 
 

@@ -13,6 +13,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from fcos.ops.group_norm import cpu_group_norm, cpu_group_norm_applies
 from fcos.ops.onednn_conv import onednn_conv2d, onednn_conv_applies
 
 NORMS = ("bn", "syncbn", "frozen_bn", "gn", "none")
@@ -67,12 +68,25 @@ class Scale(nn.Layer):
         return x * self.scale
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters and state dict) that runs ``fcos_group_norm`` in dygraph on CPU.
+
+    Active together with the oneDNN convolutions (:func:`fcos.ops.set_conv_backend`); export and
+    GPU use Paddle's ``group_norm``.
+    """
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if cpu_group_norm_applies(self, x):
+            return cpu_group_norm(x, self._num_groups, self._epsilon, self.weight, self.bias)
+        return super().forward(x)
+
+
 def get_norm(name: str, channels: int, gn_groups: int = 32) -> Optional[nn.Layer]:
     """Norm layer for ``channels`` feature maps; ``None`` for ``"none"``.
 
     "bn" and "syncbn" give ``BatchNorm2D`` (momentum 0.9 == torch 0.1, epsilon 1e-5); "syncbn" is
     converted to ``SyncBatchNorm`` by ``build_model`` only on multi-GPU CUDA runs. "frozen_bn" gives
-    :class:`FrozenBatchNorm2D`; "gn" ``GroupNorm(gn_groups)`` (epsilon 1e-5).
+    :class:`FrozenBatchNorm2D`; "gn" :class:`GroupNorm` with ``gn_groups`` groups (epsilon 1e-5).
     """
     if name in ("bn", "syncbn"):
         return nn.BatchNorm2D(channels, momentum=0.9, epsilon=1e-5)
@@ -81,7 +95,7 @@ def get_norm(name: str, channels: int, gn_groups: int = 32) -> Optional[nn.Layer
     if name == "gn":
         if channels % gn_groups:
             raise ValueError(f"get_norm: GroupNorm groups ({gn_groups}) must divide the channels ({channels})")
-        return nn.GroupNorm(gn_groups, channels, epsilon=1e-5)
+        return GroupNorm(gn_groups, channels, epsilon=1e-5)
     if name == "none":
         return None
     raise ValueError(f"get_norm: unknown norm {name!r}; expected one of {list(NORMS)}")

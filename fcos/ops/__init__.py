@@ -1,5 +1,7 @@
-"""Custom operators: oneDNN convolutions for dygraph on CPU (:mod:`fcos.ops.onednn_conv`)."""
+"""Custom CPU operators for dygraph: oneDNN convolutions (:mod:`fcos.ops.onednn_conv`) and GroupNorm
+(:mod:`fcos.ops.group_norm`), built together on first use."""
 
+from fcos.ops.group_norm import cpu_group_norm, cpu_group_norm_applies
 from fcos.ops.onednn_conv import (
     ConvBackendError,
     conv_backend,
@@ -8,4 +10,12 @@ from fcos.ops.onednn_conv import (
     set_conv_backend,
 )
 
-__all__ = ["ConvBackendError", "conv_backend", "onednn_conv2d", "onednn_conv_applies", "set_conv_backend"]
+__all__ = [
+    "ConvBackendError",
+    "conv_backend",
+    "cpu_group_norm",
+    "cpu_group_norm_applies",
+    "onednn_conv2d",
+    "onednn_conv_applies",
+    "set_conv_backend",
+]

@@ -12,6 +12,10 @@ bundled library (Paddle's wheel ships only stubs). ``make install`` installs the
 lands in ``~/.cache/fcos-paddle/ops`` (``$FCOS_OPS_CACHE``) under a file lock, once per source and
 Paddle version.
 
+The same build holds ``fcos_group_norm`` (``group_norm.cc``, see :mod:`fcos.ops.group_norm`): Paddle's CPU
+GroupNorm kernels are 3-6x slower than memory bandwidth allows, and the FCOS head has 8 of them per level.
+The backend switch below covers both.
+
 Backends (:func:`set_conv_backend`, ``train.cpu_conv``, ``$FCOS_CPU_CONV``): ``auto`` uses oneDNN when
 the operator builds and says once why not otherwise; ``onednn`` insists (an error if it cannot build);
 ``paddle`` never uses it. The operator only runs in dygraph on CPU float32 tensors: export
@@ -36,7 +40,11 @@ import paddle
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onednn", "paddle")
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(_HERE, "onednn_conv.cc")
+# Built into the same module: the GroupNorm kernel of fcos/ops/group_norm.py (no oneDNN needed, but one
+# build, one cache entry and one backend switch for both).
+SOURCES = [SOURCE, os.path.join(_HERE, "group_norm.cc")]
 MODULE_NAME = "fcos_onednn_conv"
 
 _active = "paddle"  # the backend in use: "onednn" or "paddle"
@@ -155,8 +163,10 @@ def build_onednn_conv() -> Any:
 
     lib_version = library_version()
     headers = find_headers(lib_version)
-    with open(SOURCE, "rb") as f:
-        source = f.read()
+    source = b""
+    for path in SOURCES:
+        with open(path, "rb") as f:
+            source += f.read()
     key = hashlib.sha256(source + paddle.__version__.encode() + repr(lib_version).encode()).hexdigest()[:12]
     build_dir = os.path.join(cache_dir(), f"onednn_conv-{key}")
     if build_dir in _loaded:
@@ -172,15 +182,16 @@ def build_onednn_conv() -> Any:
         try:
             module = load(
                 name=MODULE_NAME,
-                sources=[SOURCE],
+                sources=SOURCES,
                 extra_include_paths=[include],
-                extra_cxx_cflags=["-O2"],
-                extra_ldflags=[f"-L{libs}", "-l:libdnnl.so.3", f"-Wl,-rpath,{libs}"],
+                # OpenMP: GNU libgomp, the runtime Paddle's libdnnl.so.3 already uses (one thread pool).
+                extra_cxx_cflags=["-O2", "-fopenmp"],
+                extra_ldflags=[f"-L{libs}", "-l:libdnnl.so.3", "-lgomp", f"-Wl,-rpath,{libs}"],
                 build_directory=build_dir,
                 verbose=False,
             )
         except Exception as e:  # compiler missing, headers broken, ...
-            raise ConvBackendError(f"building {SOURCE} failed: {str(e).strip()[-600:]}") from e
+            raise ConvBackendError(f"building {', '.join(SOURCES)} failed: {str(e).strip()[-600:]}") from e
     _loaded[build_dir] = module
     return module
 
