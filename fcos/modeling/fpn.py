@@ -27,9 +27,20 @@ def upsample_nearest_to(x: paddle.Tensor, ref: paddle.Tensor) -> paddle.Tensor:
     crop because Paddle 3.3 Inference cannot run ``nearest_interp`` under oneDNN from a saved model
     (PaddlePaddle/Paddle#79749), which would force the slower fallback predictor.
     """
+    if paddle.in_dynamic_mode():
+        return _upsample_nearest_to_eager(x, ref)
     s, r = paddle.shape(x), paddle.shape(ref)
     y = x.unsqueeze([3, 5]).expand([s[0], s[1], s[2], 2, s[3], 2]).reshape([s[0], s[1], s[2] * 2, s[3] * 2])
     return paddle.slice(y, axes=[2, 3], starts=[0, 0], ends=[r[2], r[3]])
+
+
+def _upsample_nearest_to_eager(x: paddle.Tensor, ref: paddle.Tensor) -> paddle.Tensor:
+    """Dygraph (known shapes): skip the crop when there is nothing to crop; its backward costs a copy."""
+    n, c, h, w = x.shape
+    y = x.unsqueeze([3, 5]).expand([n, c, h, 2, w, 2]).reshape([n, c, h * 2, w * 2])
+    if list(ref.shape[2:]) == [h * 2, w * 2]:
+        return y
+    return y[:, :, : ref.shape[2], : ref.shape[3]]
 
 
 class FPN(nn.Layer):
