@@ -42,6 +42,9 @@ def _peak_rss_mb() -> float:
 
 
 def measure_paddle(recipe: str, size: int, batch: int, steps: int, warmup: int, threads: int, cpu_conv: str) -> dict:
+    import fcos  # noqa: F401  (first: it sets GOMP_SPINCOUNT before Paddle loads libgomp, fcos.utils.runtime)
+
+    # isort: split
     import numpy as np
     import paddle
 

@@ -16,6 +16,11 @@ from typing import Any
 warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
 warnings.filterwarnings("ignore", message="When training, we now always track global mean", category=UserWarning)
 
+# Before anything loads Paddle (and with it libgomp, which reads its settings once): see fcos.utils.runtime.
+from fcos.utils.runtime import preset_openmp_env  # noqa: E402
+
+preset_openmp_env()
+
 from fcos.config import Config, ConfigError, load_config  # noqa: E402
 
 __version__ = "0.1.0"
