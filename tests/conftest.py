@@ -29,3 +29,14 @@ def _seed():
 
     np.random.seed(0)
     yield
+
+
+@pytest.fixture
+def backend():
+    """Activate the fcos CPU operators (oneDNN conv, GroupNorm) for one test; restore the state afterwards."""
+    from fcos.ops import onednn_conv as ops
+
+    saved = (ops._active, ops._module, ops._build_error, ops._warned)
+    assert ops.set_conv_backend("onednn") == "onednn"
+    yield
+    ops._active, ops._module, ops._build_error, ops._warned = saved

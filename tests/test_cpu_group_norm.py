@@ -12,14 +12,6 @@ from fcos.ops import group_norm as gn_ops
 from fcos.ops import onednn_conv as ops
 
 
-@pytest.fixture
-def backend():
-    saved = (ops._active, ops._module, ops._build_error, ops._warned)
-    assert ops.set_conv_backend("onednn") == "onednn"
-    yield
-    ops._active, ops._module, ops._build_error, ops._warned = saved
-
-
 def _run(ours: bool, x_np, w_np, b_np, groups):
     x, w, b = (paddle.to_tensor(a, stop_gradient=False) for a in (x_np, w_np, b_np))
     y = gn_ops.cpu_group_norm(x, groups, 1e-5, w, b) if ours else F.group_norm(x, groups, 1e-5, w, b)

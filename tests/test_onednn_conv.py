@@ -11,15 +11,6 @@ from fcos.modeling.layers import Conv2D
 from fcos.ops import onednn_conv as ops
 
 
-@pytest.fixture
-def backend():
-    """Activate the oneDNN backend for one test and restore the previous state afterwards."""
-    saved = (ops._active, ops._module, ops._build_error, ops._warned)
-    assert ops.set_conv_backend("onednn") == "onednn"
-    yield
-    ops._active, ops._module, ops._build_error, ops._warned = saved
-
-
 def _run(use_onednn, x_np, w_np, b_np, stride, padding, dilation, groups, x_grad=True, w_grad=True):
     x = paddle.to_tensor(x_np, stop_gradient=not x_grad)
     w = paddle.to_tensor(w_np, stop_gradient=not w_grad)
