@@ -7,6 +7,7 @@ import logging
 import os
 
 import numpy as np
+import paddle
 import pytest
 
 import fcos
@@ -141,6 +142,45 @@ def test_val_loader_keeps_every_image_in_order(shapes):
     np.testing.assert_allclose(b.im_shape.numpy(), [[128, 160], [128, 160]])
     np.testing.assert_allclose(b.scale_factor.numpy(), [[0.5, 0.5], [0.5, 0.5]])
     assert [i for b in val for i in b.image_ids] == ids  # re-iterable, same order
+
+
+def test_val_loader_shards_split_the_batches_between_ranks(shapes):
+    val = build_val_loader(_cfg(shapes))  # batches [1, 2], [3, 4], [5]
+    shards = [val.shard(r, 2) for r in range(2)]
+    assert [len(s) for s in shards] == [2, 1]
+    assert [[i for b in s for i in b.image_ids] for s in shards] == [[1, 2, 5], [3, 4]]
+    assert [i for b in val.shard(2, 3) for i in b.image_ids] == [5]
+    assert list(val.shard(1, 4)) and not list(val.shard(3, 4))  # more ranks than batches: empty shards
+    with pytest.raises(ValueError, match="rank 2 outside world size 2"):
+        val.shard(2, 2)
+
+
+def test_distributed_evaluation_reads_only_the_images_of_its_rank(shapes, monkeypatch):
+    """run_evaluation on rank 1 of 2 decodes only its shard's images and predicts only its batches."""
+    from fcos.evaluation import loop
+
+    val = build_val_loader(_cfg(shapes))
+    read = []
+    real_getitem = type(val.dataset).__getitem__
+    monkeypatch.setattr(type(val.dataset), "__getitem__", lambda ds, k: read.append(k) or real_getitem(ds, k))
+    monkeypatch.setattr(loop, "predict_batch", lambda model, batch: [{} for _ in batch.image_ids])
+
+    class Evaluator:
+        processed: list = []
+
+        def reset(self):
+            self.processed = []
+
+        def process(self, image_ids, detections):
+            self.processed += list(image_ids)
+
+        def evaluate(self):
+            return {"images": float(len(self.processed))}
+
+    ev = Evaluator()
+    out = loop.run_evaluation(paddle.nn.Linear(1, 1), val, ev, rank=1, world_size=2)
+    assert ev.processed == [3, 4] and out == {"images": 2.0}
+    assert sorted({k if isinstance(k, int) else k[0] for k in read}) == [2, 3]  # dataset indices of ids 3, 4
 
 
 def test_val_loader_leaves_out_an_unreadable_image_with_its_path(tmp_path, caplog):

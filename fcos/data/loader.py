@@ -338,23 +338,33 @@ class ValLoader:
     """Re-iterable validation loader: every image in file order (unreadable ones left out and logged).
 
     Batches of ``data.val_batch_size`` at the test size, no augmentation; ``image_ids`` and ``orig_shape``
-    are set so detections map back to the COCO ground truth.
+    are set so detections map back to the COCO ground truth. ``rank`` / ``world_size`` (see
+    :meth:`shard`) keep every ``world_size``-th batch starting at ``rank``: in a distributed
+    evaluation each process reads and decodes only its own images.
     """
 
-    def __init__(self, cfg: Config, dataset: DetectionDataset) -> None:
+    def __init__(self, cfg: Config, dataset: DetectionDataset, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"ValLoader: rank {rank} outside world size {world_size}")
         self.cfg = cfg
         self.dataset = dataset
         self.batch_size = max(1, int(cfg.data.val_batch_size))
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)
+        return len(self.batch_keys())
+
+    def shard(self, rank: int, world_size: int) -> ValLoader:
+        """The same loader restricted to batches ``rank, rank + world_size, ...`` of the full order."""
+        return ValLoader(self.cfg, self.dataset, rank, world_size)
 
     def batch_keys(self) -> list[list[int]]:
         n = len(self.dataset)
-        return [list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size)]
+        keys = [list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size)]
+        return keys[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[Batch]:
-        if len(self.dataset) == 0:
+        if not self.batch_keys():
             return
         max_side = max(self.cfg.input.test_max, self.cfg.input.test_short)
         loader = _make_loader(

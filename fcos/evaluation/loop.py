@@ -29,11 +29,15 @@ def run_evaluation(
     progress: Optional[str] = None,
 ) -> dict[str, float]:
     """Predict every batch of ``loader`` and evaluate. With ``world_size`` > 1 each rank runs the model
-    on batches ``i % world_size == rank`` and the evaluator gathers the results; ``model`` is left in
+    on batches ``i % world_size == rank`` (a loader with ``shard(rank, world_size)``, such as
+    ``ValLoader``, loads only those) and the evaluator gathers the results; ``model`` is left in
     eval mode (the caller restores train mode). ``progress``: a tqdm bar with this title on rank 0
     (refreshed every 10 s when stderr is not a terminal)."""
     model.eval()
     evaluator.reset()
+    stride = world_size
+    if world_size > 1 and hasattr(loader, "shard"):
+        loader, stride = loader.shard(rank, world_size), 1
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -45,7 +49,7 @@ def run_evaluation(
         for i, batch in enumerate(loader):
             if bar is not None:
                 bar.update(1)
-            if i % world_size != rank:
+            if stride > 1 and i % stride != rank:
                 continue
             detections = predict_batch(model, batch)
             evaluator.process(batch.image_ids, detections)
