@@ -145,6 +145,46 @@ def test_show_without_display_says_so_and_still_saves(weights, infer, image_dir,
     assert rc == 0 and "no display" in text and (out / "a.jpg").is_file()
 
 
+def test_show_plays_the_video_in_a_window_until_esc(weights, infer, tmp_path, capsys, monkeypatch):
+    """With a display, --show draws every annotated frame in one window; ESC on the 4th frame stops the
+    run there, and the partial output video is finalized with those 4 frames. OpenCV's GUI calls are
+    replaced (this machine's OpenCV is headless)."""
+    shown, keys = [], iter([-1, -1, -1, 27])
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setattr(cv2, "namedWindow", lambda *a: None)
+    monkeypatch.setattr(cv2, "destroyWindow", lambda *a: shown.append("closed"))
+    monkeypatch.setattr(cv2, "imshow", lambda title, frame: shown.append((title, frame.shape)))
+    monkeypatch.setattr(cv2, "waitKey", lambda ms: next(keys))
+    monkeypatch.setattr(cv2, "getWindowProperty", lambda *a: 1.0)
+    src = make_test_video(str(tmp_path / "clip.avi"), num_frames=10, size=(96, 64))
+    out = tmp_path / "out"
+    rc = infer(["-c", CONFIG, "-w", weights, "--source", src, "--show", "--save-dir", str(out), "--threads", "1",
+                "--quiet"])  # fmt: skip
+    assert rc == 0, capsys.readouterr()
+    frames = [e for e in shown if e != "closed"]
+    assert len(frames) == 4 and {f[1] for f in frames} == {(64, 96, 3)} and len({f[0] for f in frames}) == 1
+    assert shown[-1] == "closed"
+    assert count_frames(str(out / "clip.avi")) == 4
+
+
+def test_camera_streams_frames_into_camera_video(weights, infer, tmp_path, capsys, monkeypatch):
+    """--camera 0 end to end with a stand-in webcam: OpenCV's device 0 replaced by a generated clip (no
+    camera on this machine). Streams until --max-frames and writes save_dir/camera0.mp4."""
+    from fcos.inference import video
+
+    clip = make_test_video(str(tmp_path / "webcam.avi"), num_frames=12, size=(96, 64))
+    real_capture, real_exists = cv2.VideoCapture, os.path.exists
+    opened = []
+    monkeypatch.setattr(video.os.path, "exists", lambda p: p == "/dev/video0" or real_exists(p))
+    monkeypatch.setattr(video.cv2, "VideoCapture", lambda t: opened.append(t) or real_capture(clip if t == 0 else t))
+    out = tmp_path / "out"
+    rc = infer(["-c", CONFIG, "-w", weights, "--camera", "0", "--max-frames", "5", "--save-dir", str(out),
+                "--threads", "1", "--quiet"])  # fmt: skip
+    assert rc == 0, capsys.readouterr()
+    assert 0 in opened
+    assert count_frames(str(out / "camera0.mp4")) == 5
+
+
 def test_exported_directory_works_as_weights(weights, infer, image_dir, tmp_path, capsys):
     from fcos.export import export_model
 
