@@ -191,3 +191,22 @@ def test_headers_of_the_base_interpreter_are_found_from_a_venv(monkeypatch, tmp_
 def _only_under(root, exists):
     """os.path.exists that hides everything outside ``root`` (the machine's real headers)."""
     return lambda p: str(p).startswith(str(root)) and exists(p)
+
+
+def test_unwritable_build_directory_falls_back_with_the_reason(monkeypatch, tmp_path, caplog):
+    """A cache path that cannot be created (read-only home, a file in the way) is a clear error for
+    'onednn' and a one-time warning plus Paddle's kernels for 'auto', never a crash."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    monkeypatch.setenv("FCOS_OPS_CACHE", str(blocker / "ops"))
+    monkeypatch.delenv("FCOS_CPU_CONV", raising=False)
+    saved = (ops._active, ops._module, ops._build_error, ops._warned)
+    try:
+        ops._module, ops._build_error, ops._warned = None, None, False
+        with pytest.raises(ops.ConvBackendError, match="FCOS_OPS_CACHE"):
+            ops.set_conv_backend("onednn")
+        with caplog.at_level("WARNING", logger="fcos.ops.onednn_conv"):
+            assert ops.set_conv_backend("auto") == "paddle"
+        assert "cannot write the operator build directory" in caplog.text and str(blocker) in caplog.text
+    finally:
+        ops._active, ops._module, ops._build_error, ops._warned = saved

@@ -171,8 +171,15 @@ def build_onednn_conv() -> Any:
     build_dir = os.path.join(cache_dir(), f"onednn_conv-{key}")
     if build_dir in _loaded:
         return _loaded[build_dir]
-    os.makedirs(build_dir, exist_ok=True)
-    with open(os.path.join(build_dir, ".lock"), "w") as lock:
+    try:
+        os.makedirs(build_dir, exist_ok=True)
+        lock = open(os.path.join(build_dir, ".lock"), "w")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise ConvBackendError(
+            f"cannot write the operator build directory {build_dir} ({e.strerror or e}); "
+            "point FCOS_OPS_CACHE at a writable directory"
+        ) from e
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # ranks of a distributed run build one after another
         include = _prepare_includes(headers, os.path.join(build_dir, "include"))
         libs = paddle_libs_dir()
