@@ -105,22 +105,13 @@ def preset_openmp_env() -> None:
 
 def libgomp_spincount() -> str:
     """What libgomp of this process runs with: the value it read at load time, as far as we can tell."""
-    loaded_env = _initial_environ().get("GOMP_SPINCOUNT")
+    loaded_env = initial_env("GOMP_SPINCOUNT")
     current = os.environ.get("GOMP_SPINCOUNT")
     if current is None:
         return "libgomp default"
     if _gomp_loaded_before_fcos:
         return "libgomp default (Paddle was imported before fcos)" if loaded_env is None else loaded_env
     return current
-
-
-def _initial_environ() -> dict[str, str]:
-    try:
-        with open("/proc/self/environ", "rb") as f:
-            items = f.read().split(b"\0")
-    except OSError:
-        return {}
-    return dict(i.decode(errors="replace").split("=", 1) for i in items if b"=" in i)
 
 
 def _libgomp_loaded() -> bool:
