@@ -32,11 +32,18 @@ def _seed():
 
 
 @pytest.fixture
-def backend():
-    """Activate the fcos CPU operators (oneDNN conv, GroupNorm) for one test; restore the state afterwards."""
+def conv_backend_state():
+    """Restore the fcos CPU operators' backend state (active backend, module, build error) after a test."""
     from fcos.ops import onednn_conv as ops
 
     saved = (ops._active, ops._module, ops._build_error, ops._warned)
-    assert ops.set_conv_backend("onednn") == "onednn"
     yield
     ops._active, ops._module, ops._build_error, ops._warned = saved
+
+
+@pytest.fixture
+def backend(conv_backend_state):
+    """Activate the fcos CPU operators (oneDNN conv, GroupNorm) for one test; restore the state afterwards."""
+    from fcos.ops import onednn_conv as ops
+
+    assert ops.set_conv_backend("onednn") == "onednn"

@@ -93,29 +93,25 @@ def test_conv2d_layer_routes_by_kernel_size_and_mode(backend, monkeypatch):
     assert "fcos_conv2d" not in str(static.forward.concrete_program.main_program)
 
 
-def test_backend_selection_and_errors(monkeypatch, tmp_path):
-    saved = (ops._active, ops._module, ops._build_error, ops._warned)
-    try:
-        with pytest.raises(ValueError, match="cpu_conv must be one of"):
-            ops.set_conv_backend("mkl")
-        monkeypatch.setenv("FCOS_CPU_CONV", "paddle")
-        assert ops.set_conv_backend("auto") == "paddle"
-        monkeypatch.setenv("FCOS_CPU_CONV", "fast")
-        with pytest.raises(ValueError, match="FCOS_CPU_CONV"):
-            ops.set_conv_backend("auto")
-        monkeypatch.delenv("FCOS_CPU_CONV")
-        # No headers anywhere: "onednn" fails naming the fix, "auto" falls back to Paddle's kernel.
-        ops._module, ops._build_error = None, None
-        monkeypatch.setattr(ops, "_include_candidates", lambda: [str(tmp_path)])
-        with pytest.raises(ops.ConvBackendError, match="pip install --no-deps 'onednn-devel=="):
-            ops.set_conv_backend("onednn")
-        assert ops.set_conv_backend("auto") == "paddle"
-        assert ops.conv_backend() == "paddle"
-        layer = Conv2D(2, 2, 3, padding=1)
-        x = paddle.randn([1, 2, 5, 5])
-        np.testing.assert_allclose(layer(x).numpy(), F.conv2d(x, layer.weight, layer.bias, padding=1).numpy())
-    finally:
-        ops._active, ops._module, ops._build_error, ops._warned = saved
+def test_backend_selection_and_errors(monkeypatch, tmp_path, conv_backend_state):
+    with pytest.raises(ValueError, match="cpu_conv must be one of"):
+        ops.set_conv_backend("mkl")
+    monkeypatch.setenv("FCOS_CPU_CONV", "paddle")
+    assert ops.set_conv_backend("auto") == "paddle"
+    monkeypatch.setenv("FCOS_CPU_CONV", "fast")
+    with pytest.raises(ValueError, match="FCOS_CPU_CONV"):
+        ops.set_conv_backend("auto")
+    monkeypatch.delenv("FCOS_CPU_CONV")
+    # No headers anywhere: "onednn" fails naming the fix, "auto" falls back to Paddle's kernel.
+    ops._module, ops._build_error = None, None
+    monkeypatch.setattr(ops, "_include_candidates", lambda: [str(tmp_path)])
+    with pytest.raises(ops.ConvBackendError, match="pip install --no-deps 'onednn-devel=="):
+        ops.set_conv_backend("onednn")
+    assert ops.set_conv_backend("auto") == "paddle"
+    assert ops.conv_backend() == "paddle"
+    layer = Conv2D(2, 2, 3, padding=1)
+    x = paddle.randn([1, 2, 5, 5])
+    np.testing.assert_allclose(layer(x).numpy(), F.conv2d(x, layer.weight, layer.bias, padding=1).numpy())
 
 
 def test_header_version_mismatch_is_reported(monkeypatch, tmp_path):
@@ -136,28 +132,24 @@ def test_header_version_mismatch_is_reported(monkeypatch, tmp_path):
 # (1 + 1e-6) already moves its gradients by up to 2 % with Paddle's own kernel alone (measured), so
 # only a looser bound can hold there.
 @pytest.mark.parametrize("name,tol", [("tv_r50", 5e-3), ("rt_dla34", 6e-2)])
-def test_training_step_equals_paddle_backend(name, tol):
+def test_training_step_equals_paddle_backend(name, tol, conv_backend_state):
     """Losses and every parameter gradient of one step agree between the two backends."""
     import os
 
     import fcos
     from tests.test_train_step import ROOT, _batch
 
-    saved = (ops._active, ops._module, ops._build_error, ops._warned)
     results = {}
-    try:
-        for backend in ("paddle", "onednn"):
-            assert ops.set_conv_backend(backend) == backend
-            paddle.seed(0)
-            model = fcos.build_model(fcos.load_config(os.path.join(ROOT, "configs", f"{name}.yml")))
-            model.train()
-            images, targets = _batch()
-            losses = model(images, targets=targets)
-            losses["loss"].backward()
-            grads = {n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None}
-            results[backend] = ({k: float(v) for k, v in losses.items()}, grads)
-    finally:
-        ops._active, ops._module, ops._build_error, ops._warned = saved
+    for backend in ("paddle", "onednn"):
+        assert ops.set_conv_backend(backend) == backend
+        paddle.seed(0)
+        model = fcos.build_model(fcos.load_config(os.path.join(ROOT, "configs", f"{name}.yml")))
+        model.train()
+        images, targets = _batch()
+        losses = model(images, targets=targets)
+        losses["loss"].backward()
+        grads = {n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None}
+        results[backend] = ({k: float(v) for k, v in losses.items()}, grads)
     (ref_losses, ref_grads), (got_losses, got_grads) = results["paddle"], results["onednn"]
     for key, value in ref_losses.items():
         assert got_losses[key] == pytest.approx(value, rel=1e-4), key
@@ -193,20 +185,16 @@ def _only_under(root, exists):
     return lambda p: str(p).startswith(str(root)) and exists(p)
 
 
-def test_unwritable_build_directory_falls_back_with_the_reason(monkeypatch, tmp_path, caplog):
+def test_unwritable_build_directory_falls_back_with_the_reason(monkeypatch, tmp_path, caplog, conv_backend_state):
     """A cache path that cannot be created (read-only home, a file in the way) is a clear error for
     'onednn' and a one-time warning plus Paddle's kernels for 'auto', never a crash."""
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
     monkeypatch.setenv("FCOS_OPS_CACHE", str(blocker / "ops"))
     monkeypatch.delenv("FCOS_CPU_CONV", raising=False)
-    saved = (ops._active, ops._module, ops._build_error, ops._warned)
-    try:
-        ops._module, ops._build_error, ops._warned = None, None, False
-        with pytest.raises(ops.ConvBackendError, match="FCOS_OPS_CACHE"):
-            ops.set_conv_backend("onednn")
-        with caplog.at_level("WARNING", logger="fcos.ops.onednn_conv"):
-            assert ops.set_conv_backend("auto") == "paddle"
-        assert "cannot write the operator build directory" in caplog.text and str(blocker) in caplog.text
-    finally:
-        ops._active, ops._module, ops._build_error, ops._warned = saved
+    ops._module, ops._build_error, ops._warned = None, None, False
+    with pytest.raises(ops.ConvBackendError, match="FCOS_OPS_CACHE"):
+        ops.set_conv_backend("onednn")
+    with caplog.at_level("WARNING", logger="fcos.ops.onednn_conv"):
+        assert ops.set_conv_backend("auto") == "paddle"
+    assert "cannot write the operator build directory" in caplog.text and str(blocker) in caplog.text
