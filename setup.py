@@ -23,7 +23,7 @@ setup(
         "visualdl>=2.5",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.5", "albumentations>=1.3"],
+        "dev": ["pytest>=7", "ruff>=0.5", "albumentations>=1.3", "paddle2onnx>=2.1", "onnxruntime>=1.16"],
         "onnx": ["paddle2onnx>=2.1", "onnxruntime>=1.16"],
         "aug": ["albumentations>=1.3"],
     },

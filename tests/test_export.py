@@ -155,8 +155,9 @@ def test_load_infer_cfg_reports_bad_keys(exported, tmp_path):
 
 
 def test_onnx_export_runs_and_matches_the_network(exported, tmp_path):
-    pytest.importorskip("paddle2onnx", reason="optional extra: pip install 'fcos-paddle[onnx]'")
-    ort = pytest.importorskip("onnxruntime", reason="optional extra: pip install 'fcos-paddle[onnx]'")
+    # paddle2onnx and onnxruntime are in the dev extra (make install), so this runs in CI.
+    import onnxruntime as ort
+
     from fcos.deploy.onnx_predictor import OnnxPredictor
     from fcos.export import export_model, export_onnx
 
