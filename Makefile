@@ -7,7 +7,7 @@ W ?=
 OPTS ?=
 STAMP := .make/installed
 
-.PHONY: install demo test test-reference lint format train eval infer export benchmark vdl clean
+.PHONY: install demo test test-reference test-gui lint format train eval infer export benchmark vdl clean
 
 # The package, its dependencies, and CPU Paddle unless a Paddle (e.g. paddlepaddle-gpu) is already installed.
 # The stamp makes `make demo` / `make test` install once on a fresh clone and skip it afterwards.
@@ -31,6 +31,9 @@ test: $(STAMP)  ## the CI test suite
 
 test-reference: $(STAMP)  ## parity against torchvision / timm (creates .venv-ref with torch; slow)
 	bash tests/reference/run.sh
+
+test-gui: $(STAMP)  ## infer.py --show in a real OpenCV window on Xvfb (installs xvfb/xdotool, creates .venv-gui)
+	bash tests/gui/run.sh
 
 lint:
 	ruff check .
