@@ -14,8 +14,10 @@ import argparse
 import os
 import sys
 
-from fcos.config import load_config
-from fcos.data.checks import check_dataset
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fcos.config import load_config  # noqa: E402
+from fcos.data.checks import check_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,12 @@ holds a complete dataset made with the same parameters, nothing is done; --force
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from fcos.data.synthetic import DEFAULT_SCENE, existing_synthetic_params, make_synthetic_dataset, synthetic_params
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fcos.data.synthetic import DEFAULT_SCENE, existing_synthetic_params, make_synthetic_dataset, synthetic_params  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,10 +11,13 @@ with file and line; a class id outside the names file stops the conversion with 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from fcos.data.annotations import AnnotationError, write_conversion
-from fcos.data.txt_format import txt_to_coco
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fcos.data.annotations import AnnotationError, write_conversion  # noqa: E402
+from fcos.data.txt_format import txt_to_coco  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

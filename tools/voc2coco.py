@@ -11,10 +11,13 @@ that disagrees is reported. An object of a class not in the class list stops the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from fcos.data.annotations import AnnotationError, read_class_names, write_conversion
-from fcos.data.voc import voc_to_coco
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fcos.data.annotations import AnnotationError, read_class_names, write_conversion  # noqa: E402
+from fcos.data.voc import voc_to_coco  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
