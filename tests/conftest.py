@@ -47,3 +47,26 @@ def backend(conv_backend_state):
     from fcos.ops import onednn_conv as ops
 
     assert ops.set_conv_backend("onednn") == "onednn"
+
+
+@pytest.fixture(scope="session")
+def demo_category_ids() -> list[int]:
+    """The COCO category ids stored with ``demo_weights`` (not 1..4, so that their use shows)."""
+    return [3, 5, 7, 9]
+
+
+@pytest.fixture(scope="session")
+def demo_weights(tmp_path_factory, demo_category_ids) -> str:
+    """configs/demo_shapes.yml's model with seeded random weights that produce many detections,
+    saved as safetensors with class names and ``demo_category_ids``."""
+    import fcos
+    from fcos.checkpoint.weights import save_weights
+    from fcos.inference.synthetic_weights import make_detection_rich
+
+    cfg = fcos.load_config(os.path.join(ROOT, "configs", "demo_shapes.yml"))
+    paddle.seed(0)
+    model = fcos.build_model(cfg)
+    make_detection_rich(model, seed=0)
+    path = str(tmp_path_factory.mktemp("w") / "demo.safetensors")
+    save_weights(path, model.state_dict(), {"class_names": cfg.data.class_names, "category_ids": demo_category_ids})
+    return path

@@ -9,19 +9,15 @@ import time
 
 import cv2
 import numpy as np
-import paddle
 import pytest
 
 import fcos
-from fcos.checkpoint.weights import save_weights
 from fcos.export import make_check_images
 from fcos.inference.detector import Detector
-from fcos.inference.synthetic_weights import make_detection_rich
 from fcos.inference.video import count_frames, make_test_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yml")
-CATEGORY_IDS = [3, 5, 7, 9]
 
 
 def _load_tool(name: str):
@@ -29,17 +25,6 @@ def _load_tool(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    cfg = fcos.load_config(CONFIG)
-    paddle.seed(0)
-    model = fcos.build_model(cfg)
-    make_detection_rich(model, seed=0)
-    path = str(tmp_path_factory.mktemp("w") / "demo.safetensors")
-    save_weights(path, model.state_dict(), {"class_names": cfg.data.class_names, "category_ids": CATEGORY_IDS})
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +43,12 @@ def image_dir(tmp_path_factory) -> str:
     return str(d)
 
 
-def test_folder_json_txt_and_images_match_the_detector(weights, infer, image_dir, tmp_path, capsys):
+def test_folder_json_txt_and_images_match_the_detector(
+    demo_weights, demo_category_ids, infer, image_dir, tmp_path, capsys
+):
     out = tmp_path / "out"
     rc = infer(
-        ["-c", CONFIG, "-w", weights, "--source", image_dir, "--recursive", "--save-dir", str(out),
+        ["-c", CONFIG, "-w", demo_weights, "--source", image_dir, "--recursive", "--save-dir", str(out),
          "--save-json", str(out / "dets.json"), "--save-txt", "--threads", "1", "--quiet"]
     )  # fmt: skip
     text = capsys.readouterr()
@@ -71,26 +58,26 @@ def test_folder_json_txt_and_images_match_the_detector(weights, infer, image_dir
     assert cv2.imread(str(out / "a.jpg")).shape == cv2.imread(os.path.join(image_dir, "a.jpg")).shape
 
     records = json.loads((out / "dets.json").read_text())
-    det = Detector(fcos.load_config(CONFIG), weights=weights)
+    det = Detector(fcos.load_config(CONFIG), weights=demo_weights)
     for name in ("a.jpg", "sub/b.png"):
         res = det.predict([os.path.join(image_dir, name)])[0]
         mine = [r for r in records if r["file_name"] == name]
         assert len(mine) == len(res) > 0
-        assert {r["category_id"] for r in mine} <= set(CATEGORY_IDS)
+        assert {r["category_id"] for r in mine} <= set(demo_category_ids)
         for rec, box, score, label in zip(mine, res.boxes, res.scores, res.labels):
             x, y, w, h = rec["bbox"]
             np.testing.assert_allclose([x, y, x + w, y + h], box, atol=2e-3)
             assert rec["score"] == pytest.approx(float(score), abs=1e-5)
-            assert rec["category_id"] == CATEGORY_IDS[int(label)]
+            assert rec["category_id"] == demo_category_ids[int(label)]
     lines = (out / "labels" / "sub" / "b.txt").read_text().splitlines()
     res_b = det.predict([os.path.join(image_dir, "sub", "b.png")])[0]
     assert len(lines) == int((res_b.scores >= 0.3).sum())  # the config's export.draw_threshold
 
 
-def test_video_output_has_input_frame_count_size_and_fps(weights, infer, tmp_path, capsys):
+def test_video_output_has_input_frame_count_size_and_fps(demo_weights, infer, tmp_path, capsys):
     src = make_test_video(str(tmp_path / "clip.mp4"), num_frames=11, size=(120, 88), fps=9.0)
     out = tmp_path / "out"
-    rc = infer(["-c", CONFIG, "-w", weights, "--source", src, "--save-dir", str(out), "--threads", "1", "--quiet",
+    rc = infer(["-c", CONFIG, "-w", demo_weights, "--source", src, "--save-dir", str(out), "--threads", "1", "--quiet",
                 "--save-json", str(out / "v.json")])  # fmt: skip
     assert rc == 0, capsys.readouterr()
     result = out / "clip.mp4"
@@ -103,13 +90,15 @@ def test_video_output_has_input_frame_count_size_and_fps(weights, infer, tmp_pat
     assert names <= {f"clip.mp4#frame{i}" for i in range(11)} and "clip.mp4#frame10" in names
 
 
-def test_damaged_video_finalizes_partial_output(weights, infer, tmp_path, capsys):
+def test_damaged_video_finalizes_partial_output(demo_weights, infer, tmp_path, capsys):
     good = make_test_video(str(tmp_path / "good.avi"), num_frames=16, size=(96, 64))
     bad = tmp_path / "damaged.avi"
     data = open(good, "rb").read()
     bad.write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
-    rc = infer(["-c", CONFIG, "-w", weights, "--source", str(bad), "--save-dir", str(out), "--threads", "1", "--quiet"])
+    rc = infer(
+        ["-c", CONFIG, "-w", demo_weights, "--source", str(bad), "--save-dir", str(out), "--threads", "1", "--quiet"]
+    )
     text = capsys.readouterr().out
     assert rc == 1 and "damaged or truncated" in text
     written = count_frames(str(out / "damaged.avi"))
@@ -135,17 +124,17 @@ def test_bad_sources_fail_fast_with_a_clear_message(infer, tmp_path, capsys, kin
     assert not (tmp_path / "o").exists()
 
 
-def test_show_without_display_says_so_and_still_saves(weights, infer, image_dir, tmp_path, capsys, monkeypatch):
+def test_show_without_display_says_so_and_still_saves(demo_weights, infer, image_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     out = tmp_path / "out"
-    rc = infer(["-c", CONFIG, "-w", weights, "--image", os.path.join(image_dir, "a.jpg"), "--show",
+    rc = infer(["-c", CONFIG, "-w", demo_weights, "--image", os.path.join(image_dir, "a.jpg"), "--show",
                 "--save-dir", str(out), "--threads", "1", "--quiet"])  # fmt: skip
     text = capsys.readouterr().out
     assert rc == 0 and "no display" in text and (out / "a.jpg").is_file()
 
 
-def test_show_plays_the_video_in_a_window_until_esc(weights, infer, tmp_path, capsys, monkeypatch):
+def test_show_plays_the_video_in_a_window_until_esc(demo_weights, infer, tmp_path, capsys, monkeypatch):
     """With a display, --show draws every annotated frame in one window; ESC on the 4th frame stops the
     run there, and the partial output video is finalized with those 4 frames. OpenCV's GUI calls are
     replaced (this machine's OpenCV is headless)."""
@@ -158,7 +147,7 @@ def test_show_plays_the_video_in_a_window_until_esc(weights, infer, tmp_path, ca
     monkeypatch.setattr(cv2, "getWindowProperty", lambda *a: 1.0)
     src = make_test_video(str(tmp_path / "clip.avi"), num_frames=10, size=(96, 64))
     out = tmp_path / "out"
-    rc = infer(["-c", CONFIG, "-w", weights, "--source", src, "--show", "--save-dir", str(out), "--threads", "1",
+    rc = infer(["-c", CONFIG, "-w", demo_weights, "--source", src, "--show", "--save-dir", str(out), "--threads", "1",
                 "--quiet"])  # fmt: skip
     assert rc == 0, capsys.readouterr()
     frames = [e for e in shown if e != "closed"]
@@ -167,7 +156,7 @@ def test_show_plays_the_video_in_a_window_until_esc(weights, infer, tmp_path, ca
     assert count_frames(str(out / "clip.avi")) == 4
 
 
-def test_camera_streams_frames_into_camera_video(weights, infer, tmp_path, capsys, monkeypatch):
+def test_camera_streams_frames_into_camera_video(demo_weights, infer, tmp_path, capsys, monkeypatch):
     """--camera 0 end to end with a stand-in webcam: OpenCV's device 0 replaced by a generated clip (no
     camera on this machine). Streams until --max-frames and writes save_dir/camera0.mp4."""
     from fcos.inference import video
@@ -178,18 +167,18 @@ def test_camera_streams_frames_into_camera_video(weights, infer, tmp_path, capsy
     monkeypatch.setattr(video.os.path, "exists", lambda p: p == "/dev/video0" or real_exists(p))
     monkeypatch.setattr(video.cv2, "VideoCapture", lambda t: opened.append(t) or real_capture(clip if t == 0 else t))
     out = tmp_path / "out"
-    rc = infer(["-c", CONFIG, "-w", weights, "--camera", "0", "--max-frames", "5", "--save-dir", str(out),
+    rc = infer(["-c", CONFIG, "-w", demo_weights, "--camera", "0", "--max-frames", "5", "--save-dir", str(out),
                 "--threads", "1", "--quiet"])  # fmt: skip
     assert rc == 0, capsys.readouterr()
     assert 0 in opened
     assert count_frames(str(out / "camera0.mp4")) == 5
 
 
-def test_exported_directory_works_as_weights(weights, infer, image_dir, tmp_path, capsys):
+def test_exported_directory_works_as_weights(demo_weights, infer, image_dir, tmp_path, capsys):
     from fcos.export import export_model
 
     cfg = fcos.load_config(CONFIG)
-    det = Detector(cfg, weights=weights)
+    det = Detector(cfg, weights=demo_weights)
     export_dir = str(tmp_path / "export")
     export_model(det.model, cfg, export_dir, det.class_names, det.category_ids)
     rc = infer(["-w", export_dir, "--source", os.path.join(image_dir, "a.jpg"), "--no-save",

@@ -145,12 +145,12 @@ class InferRun:
 
 
 @pytest.fixture
-def infer_run(weights, tmp_path):
+def infer_run(demo_weights, tmp_path):
     runs: list[InferRun] = []
 
     def start() -> InferRun:
         require_gui_environment()
-        runs.append(InferRun(weights, tmp_path))
+        runs.append(InferRun(demo_weights, tmp_path))
         return runs[-1]
 
     yield start
