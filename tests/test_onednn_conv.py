@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -198,3 +202,55 @@ def test_unwritable_build_directory_falls_back_with_the_reason(monkeypatch, tmp_
     with caplog.at_level("WARNING", logger="fcos.ops.onednn_conv"):
         assert ops.set_conv_backend("auto") == "paddle"
     assert "cannot write the operator build directory" in caplog.text and str(blocker) in caplog.text
+
+
+def test_a_complete_build_loads_without_rebuilding(tmp_path, repo_root):
+    """A new process loads the built library directly: Paddle's cpp_extension.load, which starts a
+    Python child to check the build on every call, is not used, and nothing is printed."""
+    ops.build_onednn_conv()  # the test session's build, complete with its marker
+    script = tmp_path / "load.py"
+    script.write_text(
+        "import fcos\n"
+        "import paddle.utils.cpp_extension as ext\n"
+        "def refuse(*a, **k):\n"
+        "    raise AssertionError('cpp_extension.load called')\n"
+        "ext.load = refuse\n"
+        "from fcos.ops import onednn_conv as ops\n"
+        "assert ops.set_conv_backend('onednn') == 'onednn'\n"
+        "print('loaded', ops._module is not None)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FCOS_CPU_CONV"}
+    env["PYTHONPATH"] = repo_root
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "loaded True"
+    noise = [line for line in proc.stderr.splitlines() if "ccache" in line or "custom operator" in line]
+    assert noise == [], noise
+
+
+def test_an_incomplete_build_is_built_again(monkeypatch, tmp_path):
+    """Without the completion marker (a build that was interrupted) or without the library, the build
+    directory is not trusted: the next call builds, and only a finished build writes the marker."""
+    monkeypatch.setenv("FCOS_OPS_CACHE", str(tmp_path / "ops"))
+    monkeypatch.setattr(ops, "_loaded", {})
+    calls = []
+    import paddle.utils.cpp_extension as ext
+
+    def fake_load(**kwargs):
+        calls.append(kwargs["build_directory"])
+        so_dir = os.path.join(kwargs["build_directory"], ops.MODULE_NAME)
+        os.makedirs(so_dir, exist_ok=True)
+        open(os.path.join(so_dir, f"{ops.MODULE_NAME}.so"), "wb").close()  # not a real library
+        return "module"
+
+    monkeypatch.setattr(ext, "load", fake_load)
+    assert ops.build_onednn_conv() == "module" and len(calls) == 1
+    build_dir = calls[0]
+    assert os.path.isfile(os.path.join(build_dir, ops.BUILT_MARKER))
+    # Marker and library present, but the library cannot be loaded: rebuilt, not a crash.
+    monkeypatch.setattr(ops, "_loaded", {})
+    assert ops.build_onednn_conv() == "module" and len(calls) == 2
+    # No marker (interrupted build): rebuilt.
+    os.remove(os.path.join(build_dir, ops.BUILT_MARKER))
+    monkeypatch.setattr(ops, "_loaded", {})
+    assert ops.build_onednn_conv() == "module" and len(calls) == 3

@@ -24,6 +24,7 @@ the operator builds and says once why not otherwise; ``onednn`` insists (an erro
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import hashlib
@@ -32,7 +33,7 @@ import os
 import re
 import sys
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
 
 import paddle
@@ -46,6 +47,10 @@ SOURCE = os.path.join(_HERE, "onednn_conv.cc")
 # build, one cache entry and one backend switch for both).
 SOURCES = [SOURCE, os.path.join(_HERE, "group_norm.cc")]
 MODULE_NAME = "fcos_onednn_conv"
+# OpenMP: GNU libgomp, the runtime Paddle's libdnnl.so.3 already uses (one thread pool).
+CXX_FLAGS = ("-O2", "-fopenmp")
+LD_FLAGS = ("-l:libdnnl.so.3", "-lgomp")
+BUILT_MARKER = "build-complete"  # written after a successful build; its absence means "build again"
 
 _active = "paddle"  # the backend in use: "onednn" or "paddle"
 _module: Any = None
@@ -159,15 +164,14 @@ def cache_dir() -> str:
 
 def build_onednn_conv() -> Any:
     """Build (once) and load the operator module; raises :class:`ConvBackendError` with the reason."""
-    from paddle.utils.cpp_extension import load
-
     lib_version = library_version()
     headers = find_headers(lib_version)
     source = b""
     for path in SOURCES:
         with open(path, "rb") as f:
             source += f.read()
-    key = hashlib.sha256(source + paddle.__version__.encode() + repr(lib_version).encode()).hexdigest()[:12]
+    flags = repr((CXX_FLAGS, LD_FLAGS)).encode()
+    key = hashlib.sha256(source + flags + paddle.__version__.encode() + repr(lib_version).encode()).hexdigest()[:12]
     build_dir = os.path.join(cache_dir(), f"onednn_conv-{key}")
     if build_dir in _loaded:
         return _loaded[build_dir]
@@ -181,26 +185,84 @@ def build_onednn_conv() -> Any:
         ) from e
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # ranks of a distributed run build one after another
-        include = _prepare_includes(headers, os.path.join(build_dir, "include"))
-        libs = paddle_libs_dir()
-        fresh = not os.path.exists(os.path.join(build_dir, MODULE_NAME, f"{MODULE_NAME}.so"))
-        if fresh:
-            logger.info("building the oneDNN convolution operator (once, about 15 s) in %s", build_dir)
-        try:
+        module = _load_built(build_dir)
+        if module is None:
+            module = _build(build_dir, headers)
+    _loaded[build_dir] = module
+    return module
+
+
+def _build(build_dir: str, headers: str) -> Any:
+    """Compile with Paddle's ``cpp_extension.load`` and mark the build directory as complete."""
+    from paddle.utils.cpp_extension import load
+
+    include = _prepare_includes(headers, os.path.join(build_dir, "include"))
+    libs = paddle_libs_dir()
+    logger.info("building the oneDNN convolution operator (once, about 15 s) in %s", build_dir)
+    try:
+        # The build runs a Python child that imports Paddle: keep its start-up warnings (OMP_NUM_THREADS,
+        # no ccache) out of the user's console (fcos/__init__.py filters the ccache one in this process).
+        with _quiet_paddle_logs(), _environ(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"):
             module = load(
                 name=MODULE_NAME,
                 sources=SOURCES,
                 extra_include_paths=[include],
-                # OpenMP: GNU libgomp, the runtime Paddle's libdnnl.so.3 already uses (one thread pool).
-                extra_cxx_cflags=["-O2", "-fopenmp"],
-                extra_ldflags=[f"-L{libs}", "-l:libdnnl.so.3", "-lgomp", f"-Wl,-rpath,{libs}"],
+                extra_cxx_cflags=list(CXX_FLAGS),
+                extra_ldflags=[f"-L{libs}", *LD_FLAGS, f"-Wl,-rpath,{libs}"],
                 build_directory=build_dir,
                 verbose=False,
             )
-        except Exception as e:  # compiler missing, headers broken, ...
-            raise ConvBackendError(f"building {', '.join(SOURCES)} failed: {str(e).strip()[-600:]}") from e
-    _loaded[build_dir] = module
+    except Exception as e:  # compiler missing, headers broken, ...
+        raise ConvBackendError(f"building {', '.join(SOURCES)} failed: {str(e).strip()[-600:]}") from e
+    with open(os.path.join(build_dir, BUILT_MARKER), "w", encoding="utf-8") as f:
+        f.write(f"{MODULE_NAME}.so built for Paddle {paddle.__version__}\n")
     return module
+
+
+def _load_built(build_dir: str) -> Any:
+    """The module of a complete earlier build, loaded without Paddle's rebuild check (which starts a
+    Python child process on every call, about 1.4 s, and prints Paddle's start-up warnings); None when
+    there is no complete build or loading it fails (then the caller rebuilds)."""
+    so_dir = os.path.join(build_dir, MODULE_NAME)
+    if not (
+        os.path.isfile(os.path.join(build_dir, BUILT_MARKER))
+        and os.path.isfile(os.path.join(so_dir, f"{MODULE_NAME}.so"))
+    ):
+        return None
+    try:
+        from paddle.utils.cpp_extension import extension_utils
+
+        with _quiet_paddle_logs():
+            return extension_utils._import_module_from_library(MODULE_NAME, so_dir, False)
+    except Exception as e:  # a Paddle without this internal function, a damaged library, ...
+        logger.debug("loading the built operator from %s failed (%s); rebuilding", so_dir, e)
+        return None
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of the block (for child processes), then restore them."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _quiet_paddle_logs() -> Iterator[None]:
+    """Silence INFO lines that Paddle's cpp_extension always logs ("using custom operator only")."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def load_onednn_conv() -> Any:
