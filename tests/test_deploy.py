@@ -127,6 +127,27 @@ def test_deploy_infer_bad_model_dir_and_camera(tmp_path, capsys):
     assert "camera 63" in capsys.readouterr().err
 
 
+def test_deploy_infer_without_model_dir_uses_the_demo_export(export_dir, tmp_path, capsys, monkeypatch):
+    """No --model_dir: output/demo/export (from `make demo`) when present, else an error naming the flag."""
+    import shutil
+
+    from fcos.inference import default_model
+
+    spec = importlib.util.spec_from_file_location("deploy_infer3", os.path.join(ROOT, "tools", "deploy_infer.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr(default_model, "_REPO_ROOT", str(tmp_path / "repo"))
+    monkeypatch.chdir(tmp_path)
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), make_check_images()[0])
+    assert tool.main(["--image_file", str(img)]) == 2
+    assert "no model given: pass --model_dir EXPORT_DIR" in capsys.readouterr().err
+    shutil.copytree(export_dir, tmp_path / "output" / "demo" / "export")
+    assert tool.main(["--image_file", str(img), "--output_dir", str(tmp_path / "out"), "--cpu_threads", "1"]) == 0
+    assert "using the demo model output/demo/export" in capsys.readouterr().out
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
 def test_image_without_detections_on_onednn(tmp_path):
     """An image whose NMS keeps nothing gives an empty result on the oneDNN predictor (Paddle 3.3's
     oneDNN kernels fail on empty tensors), and later images with detections still match dygraph."""

@@ -210,3 +210,28 @@ def test_malicious_weights_are_refused_with_a_clear_error(infer, image_dir, tmp_
     err = capsys.readouterr().err
     assert rc == 2 and "evil.pdparams" in err and "system" in err
     assert not marker.exists()
+
+
+def test_without_a_model_the_demo_export_is_used_or_the_error_says_how(
+    demo_weights, infer, image_dir, tmp_path, capsys, monkeypatch
+):
+    """`python tools/infer.py --video clip.mp4` with no -c/-w: the export of `make demo` under the current
+    directory (or the repository) when there is one, else an error that says what to pass."""
+    from fcos.export import export_model
+    from fcos.inference import default_model
+
+    monkeypatch.setattr(default_model, "_REPO_ROOT", str(tmp_path / "repo"))  # no demo export there
+    monkeypatch.chdir(tmp_path)
+    image = os.path.join(image_dir, "a.jpg")
+    assert infer(["--source", image, "--no-save", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no model given: pass -w EXPORT_DIR" in err and "make demo" in err and "output/demo/export" in err
+
+    cfg = fcos.load_config(CONFIG)
+    det = Detector(cfg, weights=demo_weights)
+    export_model(det.model, cfg, str(tmp_path / "output" / "demo" / "export"), det.class_names, det.category_ids)
+    rc = infer(["--source", image, "--no-save", "--save-json", "d.json", "--threads", "1", "--quiet"])
+    assert rc == 0, capsys.readouterr()
+    assert "using the demo model output/demo/export" in capsys.readouterr().out
+    recs = json.loads((tmp_path / "d.json").read_text())
+    assert len(recs) == len(det.predict([image])[0]) > 0

@@ -36,7 +36,9 @@ def _bool(text: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--model_dir", required=True, help="export directory (model.json|model.pdmodel, model.pdiparams, infer_cfg.yml)"
+        "--model_dir",
+        help="export directory (model.json|model.pdmodel, model.pdiparams, infer_cfg.yml); "
+        "default: output/demo/export from `make demo`",
     )
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--image_file", help="one image")
@@ -94,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, VideoError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+    if not args.model_dir:
+        from fcos.inference.default_model import find_demo_export, no_model_message
+
+        args.model_dir = find_demo_export()
+        if args.model_dir is None:
+            print(f"error: {no_model_message('pass --model_dir EXPORT_DIR (from tools/export.py)')}", file=sys.stderr)
+            return 2
+        print(f"no --model_dir given: using the demo model {args.model_dir} (trained by `make demo`)")
 
     from fcos.deploy.predictor import DeployError, DeployPredictor
     from fcos.inference.runner import RunOptions, format_summary, run_source

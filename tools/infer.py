@@ -28,7 +28,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-c", "--config", help="YAML config (not needed when -w is an exported model directory)")
-    ap.add_argument("-w", "--weights", help="weights file (.safetensors/.npz/.pdparams) or an export directory")
+    ap.add_argument(
+        "-w",
+        "--weights",
+        help="weights file (.safetensors/.npz/.pdparams) or an export directory (default with no -c: output/demo/export)",
+    )
     ap.add_argument("-o", "--opt", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--source", help="image, folder, video file, or camera index (0, 1, ...)")
@@ -80,6 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     except VideoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+    if not args.config and not args.weights:
+        from fcos.inference.default_model import find_demo_export, no_model_message
+
+        args.weights = find_demo_export()
+        if args.weights is None:
+            print(
+                f"error: {no_model_message('pass -w EXPORT_DIR (from tools/export.py), or -c CONFIG -w WEIGHTS')}",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"no -c/-w given: using the demo model {args.weights} (trained by `make demo` on synthetic shapes)")
 
     from fcos.config import ConfigError, load_config
     from fcos.deploy.predictor import DeployError
