@@ -69,9 +69,7 @@ def best_weights(run_dir: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--output", default=os.path.dirname(DEMO_EXPORT), help="everything the demo writes goes here"
-    )
+    ap.add_argument("--output", default=os.path.dirname(DEMO_EXPORT), help="everything the demo writes goes here")
     ap.add_argument("--train-images", type=int, default=600)
     ap.add_argument("--val-images", type=int, default=100)
     ap.add_argument("--steps", type=int, default=0, help="training steps (0: the config's schedule)")

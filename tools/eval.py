@@ -36,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out_dir = args.output or os.path.join(cfg.train.output_dir, "eval")
-    result = evaluate_weights(cfg, args.weights, out_dir)
+    from fcos.utils.user_errors import user_errors
+
+    try:
+        result = evaluate_weights(cfg, args.weights, out_dir)
+    except user_errors() as e:  # missing data, unreadable weights, ...: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if result is None:  # not rank 0
         return 0
     print(result.report)

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fcos.config import ConfigError, load_config
     from fcos.engine.build import build_trainer
-    from fcos.engine.checkpoint import CheckpointError
+    from fcos.utils.user_errors import user_errors
 
     try:
         cfg = load_config(args.config, overrides=args.opt)
@@ -60,15 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     _stop_on_sigterm()
-    trainer = build_trainer(cfg, resume=args.resume, weights=args.weights, visualdl=not args.no_visualdl)
-    if args.eval_only:
-        if args.resume:
-            trainer.resume(args.resume)
-        metrics = trainer.evaluate()
-        return 0 if metrics or not trainer.is_main else 1
     try:
+        trainer = build_trainer(cfg, resume=args.resume, weights=args.weights, visualdl=not args.no_visualdl)
+        if args.eval_only:
+            if args.resume:
+                trainer.resume(args.resume)
+            metrics = trainer.evaluate()
+            return 0 if metrics or not trainer.is_main else 1
         state = trainer.fit()
-    except CheckpointError as e:
+    except user_errors() as e:  # bad config, data, weights or checkpoint: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     if trainer.is_main:

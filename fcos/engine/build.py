@@ -25,7 +25,7 @@ from fcos.config import Config, dump_config
 from fcos.engine.callbacks.base import Callback
 from fcos.engine.callbacks.defaults import build_default_callbacks
 from fcos.engine.optim import build_optimizer
-from fcos.engine.trainer import Trainer, attach_file_log
+from fcos.engine.trainer import Trainer, attach_file_log, detach_file_log
 from fcos.evaluation.coco_eval import CocoEvaluator
 from fcos.utils import dist
 from fcos.utils.runtime import setup_cpu_runtime
@@ -62,13 +62,14 @@ def write_run_info(run_dir: str, cfg: Config, runtime: dict[str, Any]) -> None:
 def check_training_data(cfg: Config, run_dir: str) -> None:
     """``data.check_on_start``: run the dataset checks on the training split; errors stop the run."""
     from fcos.data.checks import check_dataset
+    from fcos.data.coco import DatasetError
 
     split = cfg.data.train
     report = check_dataset(split.ann_file, split.image_dir, out_dir=os.path.join(run_dir, "dataset_check"))
     for w in report.warnings[:20]:
         logger.warning("dataset check: %s", w)
     if not report.ok:
-        raise ValueError(
+        raise DatasetError(
             f"dataset check of {split.ann_file} failed:\n{report.summary()}\n"
             "fix the data (tools/check_dataset.py shows the details) or set data.check_on_start=false"
         )
@@ -103,7 +104,7 @@ def build_trainer(
         callbacks: extra callbacks, after the defaults (monitoring ones still run last).
         visualdl: write VisualDL logs.
     """
-    from fcos.checkpoint.weights import load_weights
+    from fcos.checkpoint.weights import WeightsError, load_weights
     from fcos.data.loader import build_train_dataset, build_train_loader, build_val_dataset, build_val_loader
     from fcos.modeling import build_model
 
@@ -111,49 +112,53 @@ def build_trainer(
     world_size = dist.init_distributed()
     rank = dist.get_rank()
     run_dir = cfg.train.output_dir
-    if rank == 0:
-        attach_file_log(run_dir)
-        write_run_info(run_dir, cfg, runtime)
-        if cfg.data.check_on_start:
-            check_training_data(cfg, run_dir)
-    dist.barrier()
-    seed_everything(cfg.train.seed)
+    try:
+        if rank == 0:
+            attach_file_log(run_dir)
+            write_run_info(run_dir, cfg, runtime)
+            if cfg.data.check_on_start:
+                check_training_data(cfg, run_dir)
+        dist.barrier()
+        seed_everything(cfg.train.seed)
 
-    train_ds = build_train_dataset(cfg)
-    val_ds = build_val_dataset(cfg, label_map=train_ds.label_map) if cfg.data.val.ann_file else None
-    class_names = list(train_ds.class_names)
-    category_ids = [int(c) for c in train_ds.label_map.category_ids]
+        train_ds = build_train_dataset(cfg)
+        val_ds = build_val_dataset(cfg, label_map=train_ds.label_map) if cfg.data.val.ann_file else None
+        class_names = list(train_ds.class_names)
+        category_ids = [int(c) for c in train_ds.label_map.category_ids]
 
-    model = build_model(cfg)
-    init = weights or cfg.train.init_weights
-    if init:
-        report = load_weights(model, init)
-        logger.info("%s", report)
-        if not report.loaded:
-            raise ValueError(f"-w/--weights {init}: no tensor matches the model ({cfg.source})")
-    optimizer = build_optimizer(model, cfg)
-    if world_size > 1:
-        model = paddle.DataParallel(model)
+        model = build_model(cfg)
+        init = weights or cfg.train.init_weights
+        if init:
+            report = load_weights(model, init)
+            logger.info("%s", report)
+            if not report.loaded:
+                raise WeightsError(f"-w/--weights {init}: no tensor matches the model ({cfg.source})")
+        optimizer = build_optimizer(model, cfg)
+        if world_size > 1:
+            model = paddle.DataParallel(model)
 
-    evaluator = val_loader = None
-    image_paths: dict[int, str] = {}
-    if val_ds is not None:
-        evaluator = CocoEvaluator(cfg.data.val.ann_file, category_ids=category_ids, class_names=class_names)
-        val_loader = build_val_loader(cfg, val_ds)
-        image_paths = validation_image_paths(evaluator, cfg.data.val.image_dir, cfg.train.vis_images)
+        evaluator = val_loader = None
+        image_paths: dict[int, str] = {}
+        if val_ds is not None:
+            evaluator = CocoEvaluator(cfg.data.val.ann_file, category_ids=category_ids, class_names=class_names)
+            val_loader = build_val_loader(cfg, val_ds)
+            image_paths = validation_image_paths(evaluator, cfg.data.val.image_dir, cfg.train.vis_images)
 
-    all_callbacks = build_default_callbacks(cfg, run_dir, image_paths, class_names, visualdl=visualdl)
-    all_callbacks += list(callbacks or [])
-    return Trainer(
-        cfg,
-        model,
-        optimizer,
-        train_loader_fn=lambda start: build_train_loader(cfg, train_ds, start_step=start),
-        val_loader=val_loader,
-        evaluator=evaluator,
-        callbacks=all_callbacks,
-        run_dir=run_dir,
-        class_names=class_names,
-        category_ids=category_ids,
-        resume_from=resume,
-    )
+        all_callbacks = build_default_callbacks(cfg, run_dir, image_paths, class_names, visualdl=visualdl)
+        all_callbacks += list(callbacks or [])
+        return Trainer(
+            cfg,
+            model,
+            optimizer,
+            train_loader_fn=lambda start: build_train_loader(cfg, train_ds, start_step=start),
+            val_loader=val_loader,
+            evaluator=evaluator,
+            callbacks=all_callbacks,
+            run_dir=run_dir,
+            class_names=class_names,
+            category_ids=category_ids,
+            resume_from=resume,
+        )
+    except BaseException:
+        detach_file_log()  # a failed build leaves no handler (and no open train.log) behind
+        raise
