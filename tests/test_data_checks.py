@@ -142,3 +142,15 @@ def test_clean_synthetic_dataset_passes_and_tool_exit_codes(tmp_path, capsys):
     assert tool.main(["-c", str(cfg), "--output", out]) == 1
     printed = capsys.readouterr().out
     assert "000002.jpg" in printed and os.path.isfile(os.path.join(out, "val", REPORT_JSON))
+
+
+def test_tool_writes_its_report_under_output_not_next_to_the_data(tmp_path, monkeypatch):
+    import tools.check_dataset as tool
+
+    p = make_synthetic_dataset(str(tmp_path / "d"), 4, 2, seed=0)
+    before = sorted(os.listdir(os.path.dirname(p["train_ann_file"])))
+    monkeypatch.chdir(tmp_path)
+    assert tool.main(["--ann", p["train_ann_file"], "--image-dir", p["train_image_dir"], "--headers-only"]) == 0
+    stem = os.path.splitext(os.path.basename(p["train_ann_file"]))[0]
+    assert os.path.isfile(tmp_path / "output" / "dataset_check" / stem / REPORT_JSON)
+    assert sorted(os.listdir(os.path.dirname(p["train_ann_file"]))) == before

@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-dir", help="directory the JSON's file_name entries are relative to")
     ap.add_argument("-c", "--config", help="check data.train and data.val of this config instead")
     ap.add_argument("-o", "--opt", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
-    ap.add_argument("--output", default="", help="where to write the report JSON and PNG (default: next to the JSON)")
+    ap.add_argument(
+        "--output",
+        default="",
+        help="where to write the report JSON and PNG (default: output/dataset_check/<config or annotation file name>)",
+    )
     ap.add_argument(
         "--headers-only", action="store_true", help="read image headers only (fast; misses truncated files)"
     )
@@ -43,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --ann and --image-dir, or -c CONFIG")
     failed = False
     for name, ann, image_dir in splits:
-        base = args.output or os.path.join(os.path.dirname(os.path.abspath(ann)), "check")
+        # Never next to the data by default: a dataset folder may be read-only or shared.
+        stem = os.path.splitext(os.path.basename(args.config or ann))[0]
+        base = args.output or os.path.join("output", "dataset_check", stem)
         out_dir = os.path.join(base, name) if name else base
         report = check_dataset(ann, image_dir, out_dir, verify_pixels=not args.headers_only, num_threads=args.threads)
         print(report.summary())
