@@ -81,15 +81,21 @@ def video_info(path: str) -> tuple[int, tuple[int, int], float]:
 
 
 class InferRun:
-    """``tools/infer.py --show`` on a video, as a subprocess of this (GUI OpenCV) Python."""
+    """A tool playing a video in a window, as a subprocess of this (GUI OpenCV) Python:
+    ``tools/infer.py --show`` (``weights`` a weights file) or ``tools/deploy_infer.py --play_video``
+    (``model_dir`` an export directory)."""
 
-    def __init__(self, weights: str, tmp_path) -> None:
+    def __init__(self, tmp_path, weights: Optional[str] = None, model_dir: Optional[str] = None) -> None:
         self.src = make_video(str(tmp_path / "clip.mp4"))
         self.out_dir = tmp_path / "out"
         self.output = self.out_dir / "clip.mp4"
         self.log_path = tmp_path / "infer.log"
-        cmd = [sys.executable, os.path.join(ROOT, "tools", "infer.py"), "-c", CONFIG, "-w", weights,
-               "--source", self.src, "--show", "--save-dir", str(self.out_dir), "--threads", "1"]  # fmt: skip
+        if model_dir is None:
+            cmd = [sys.executable, os.path.join(ROOT, "tools", "infer.py"), "-c", CONFIG, "-w", weights,
+                   "--source", self.src, "--show", "--save-dir", str(self.out_dir), "--threads", "1"]  # fmt: skip
+        else:
+            cmd = [sys.executable, os.path.join(ROOT, "tools", "deploy_infer.py"), "--model_dir", model_dir,
+                   "--play_video", self.src, "--output_dir", str(self.out_dir), "--cpu_threads", "1"]  # fmt: skip
         env = dict(os.environ, OMP_NUM_THREADS="1")
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -144,13 +150,27 @@ class InferRun:
         return int(ids[0])
 
 
+@pytest.fixture(scope="module")
+def demo_export(demo_weights, tmp_path_factory) -> str:
+    """``demo_weights`` exported for Paddle Inference (tools/deploy_infer.py)."""
+    import fcos
+    from fcos.export import export_model
+    from fcos.inference.detector import Detector
+
+    cfg = fcos.load_config(CONFIG)
+    det = Detector(cfg, weights=demo_weights)
+    out = str(tmp_path_factory.mktemp("export") / "demo")
+    export_model(det.model, cfg, out, det.class_names, det.category_ids)
+    return out
+
+
 @pytest.fixture
 def infer_run(demo_weights, tmp_path):
     runs: list[InferRun] = []
 
-    def start() -> InferRun:
+    def start(model_dir: Optional[str] = None) -> InferRun:
         require_gui_environment()
-        runs.append(InferRun(demo_weights, tmp_path))
+        runs.append(InferRun(tmp_path, weights=demo_weights, model_dir=model_dir))
         return runs[-1]
 
     yield start
@@ -295,3 +315,17 @@ def test_closing_the_window_stops_playback(infer_run, tmp_path):
     rc = run.wait(timeout=15)
     frames = assert_partial_output_finalized(run, rc)
     print(f"close: exited {time.monotonic() - t0:.2f} s later, after {frames} of {NUM_FRAMES} frames")
+
+
+def test_deploy_play_video_shows_the_exported_model_until_esc(infer_run, demo_export, tmp_path):
+    """tools/deploy_infer.py --play_video: the same window on Paddle Inference; ESC stops it and the video
+    written with --output_dir is finalized."""
+    run = infer_run(model_dir=demo_export)
+    window = run.find_window()
+    first, _ = wait_for_playing_frames(run, window)
+    save_screenshot(first, tmp_path / "deploy_window.png")
+    run.assert_mid_video("ESC")
+    subprocess.run(["xdotool", "key", "--window", str(window), "Escape"], check=True, timeout=10, capture_output=True)
+    rc = run.wait(timeout=15)
+    frames = assert_partial_output_finalized(run, rc)
+    print(f"deploy ESC: stopped after {frames} of {NUM_FRAMES} frames")
