@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         f"  exported model   : {export_dir}/  (edit infer_cfg.yml to change threshold or size)\n"
         f"  VisualDL         : visualdl --logdir {run_dir}/vdl --language en   (then open http://localhost:8040)\n"
     )
+    if os.path.abspath(export_dir) == os.path.abspath(DEMO_EXPORT):
+        print("  next             : python tools/infer.py --video YOUR.mp4   (no model given: uses this one)\n")
     return 0
 
 
