@@ -17,6 +17,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import fcos  # noqa: E402,F401  first: importing fcos sets the OpenMP environment before Paddle loads
+
+# isort: split
 import paddle  # noqa: E402
 import paddle.nn as nn  # noqa: E402
 
