@@ -70,3 +70,17 @@ def demo_weights(tmp_path_factory, demo_category_ids) -> str:
     path = str(tmp_path_factory.mktemp("w") / "demo.safetensors")
     save_weights(path, model.state_dict(), {"class_names": cfg.data.class_names, "category_ids": demo_category_ids})
     return path
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """``load_tool("infer")``: tools/infer.py loaded as a fresh module (its ``main`` takes an argv list)."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

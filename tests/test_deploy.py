@@ -3,7 +3,6 @@ and tools/deploy_infer.py on a video with an honest FPS report."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 
@@ -96,10 +95,8 @@ def test_impossible_runtime_options_are_refused(export_dir):
             create_paddle_predictor(prog, params, RuntimeOptions(device="gpu"))
 
 
-def test_deploy_infer_video_reports_fps_hardware_and_size(export_dir, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("deploy_infer", os.path.join(ROOT, "tools", "deploy_infer.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_deploy_infer_video_reports_fps_hardware_and_size(export_dir, tmp_path, capsys, load_tool):
+    tool = load_tool("deploy_infer")
     video = make_test_video(str(tmp_path / "clip.avi"), num_frames=8, size=(112, 80), fps=6.0)
     out = tmp_path / "out"
     rc = tool.main(["--model_dir", export_dir, "--video_file", video, "--output_dir", str(out), "--cpu_threads", "1",
@@ -115,10 +112,8 @@ def test_deploy_infer_video_reports_fps_hardware_and_size(export_dir, tmp_path, 
     assert "network input of the last call 1x3x" in text
 
 
-def test_deploy_infer_bad_model_dir_and_camera(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("deploy_infer2", os.path.join(ROOT, "tools", "deploy_infer.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_deploy_infer_bad_model_dir_and_camera(tmp_path, capsys, load_tool):
+    tool = load_tool("deploy_infer")
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), make_check_images()[0])
     assert tool.main(["--model_dir", str(tmp_path / "none"), "--image_file", str(img)]) == 2
@@ -127,15 +122,13 @@ def test_deploy_infer_bad_model_dir_and_camera(tmp_path, capsys):
     assert "camera 63" in capsys.readouterr().err
 
 
-def test_deploy_infer_without_model_dir_uses_the_demo_export(export_dir, tmp_path, capsys, monkeypatch):
+def test_deploy_infer_without_model_dir_uses_the_demo_export(export_dir, tmp_path, capsys, monkeypatch, load_tool):
     """No --model_dir: output/demo/export (from `make demo`) when present, else an error naming the flag."""
     import shutil
 
     from fcos.inference import default_model
 
-    spec = importlib.util.spec_from_file_location("deploy_infer3", os.path.join(ROOT, "tools", "deploy_infer.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("deploy_infer")
     monkeypatch.setattr(default_model, "_REPO_ROOT", str(tmp_path / "repo"))
     monkeypatch.chdir(tmp_path)
     img = tmp_path / "a.png"

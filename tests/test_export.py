@@ -3,7 +3,6 @@ editable infer_cfg.yml, and the optional ONNX export."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 
@@ -26,15 +25,8 @@ CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yml")
 CATEGORY_IDS = [2, 4, 6, 8]
 
 
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, load_tool):
     """(detector, export dir, tool output) from running tools/export.py once on detection-rich weights."""
     cfg = fcos.load_config(CONFIG)
     paddle.seed(0)
@@ -44,7 +36,7 @@ def exported(tmp_path_factory):
     weights = str(base / "w.safetensors")
     save_weights(weights, model.state_dict(), {"class_names": cfg.data.class_names, "category_ids": CATEGORY_IDS})
     out = str(base / "model")
-    rc = _tool("export")(["-c", CONFIG, "-w", weights, "--output", out])
+    rc = load_tool("export").main(["-c", CONFIG, "-w", weights, "--output", out])
     assert rc == 0  # the tool's own reload check passed (native and oneDNN runtimes)
     return Detector(cfg, weights=weights), out
 
@@ -98,7 +90,7 @@ def test_check_export_compares_real_detections_and_can_fail(exported):
     assert not bad.passed and "MISMATCH" in str(bad)
 
 
-def test_infer_cfg_edits_take_effect_without_re_export(exported, tmp_path):
+def test_infer_cfg_edits_take_effect_without_re_export(exported, tmp_path, load_tool):
     det, out = exported
     edited = tmp_path / "edited"
     edited.mkdir()
@@ -121,7 +113,7 @@ def test_infer_cfg_edits_take_effect_without_re_export(exported, tmp_path):
     np.testing.assert_allclose(got.boxes, ref["boxes"], atol=1e-3)
 
     out_dir = tmp_path / "drawn"
-    rc = _tool("deploy_infer")(["--model_dir", str(edited), "--image_file", _save(images[0], tmp_path),
+    rc = load_tool("deploy_infer").main(["--model_dir", str(edited), "--image_file", _save(images[0], tmp_path),
                                 "--output_dir", str(out_dir), "--save_txt", "--quiet"])  # fmt: skip
     assert rc == 0
     lines = (out_dir / "labels" / "img.txt").read_text().splitlines()

@@ -4,7 +4,6 @@ gradient flow (trainable vs frozen), ``fcos.Detector`` on a real photo, ``paddle
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 
@@ -307,13 +306,6 @@ def test_to_static_eval_forward_matches_dygraph() -> None:
         np.testing.assert_allclose(boxes.numpy(), ref_boxes.numpy(), rtol=1e-5, atol=1e-4)
 
 
-def _summary_module():
-    spec = importlib.util.spec_from_file_location("fcos_summary_tool", os.path.join(ROOT, "tools", "summary.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class _Stub(paddle.nn.Layer):
     def __init__(self) -> None:
         super().__init__()
@@ -325,15 +317,15 @@ class _Stub(paddle.nn.Layer):
         return self.head(self.fpn(self.backbone(x)))
 
 
-def test_summary_counts_macs_by_hand() -> None:
-    tool = _summary_module()
+def test_summary_counts_macs_by_hand(load_tool) -> None:
+    tool = load_tool("summary")
     macs = tool.count_macs(_Stub(), paddle.zeros([1, 3, 10, 12]))
     # backbone: 8x10x12 outputs x 3x3x3; fpn: 4x5x6 outputs x 8; head: 4x5x5 outputs x 6 inputs
     assert macs == {"backbone": 960 * 27, "fpn": 120 * 8, "head": 100 * 6, "all": 960 * 27 + 120 * 8 + 100 * 6}
 
 
-def test_summary_tool_runs(capsys: pytest.CaptureFixture) -> None:
-    tool = _summary_module()
+def test_summary_tool_runs(capsys: pytest.CaptureFixture, load_tool) -> None:
+    tool = load_tool("summary")
     assert tool.main(["-c", os.path.join(ROOT, "configs", "demo_shapes.yml"), "--size", "64x96"]) == 0
     out = capsys.readouterr().out
     assert "input 1x3x64x96" in out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -14,13 +13,6 @@ CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yml")
 
 def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error: ")]
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_err_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
 
 
 @pytest.fixture
@@ -39,8 +31,8 @@ def broken_dataset(tmp_path) -> str:
     return str(ann)
 
 
-def test_train_stops_on_bad_data_with_one_line(broken_dataset, tmp_path, capsys):
-    rc = _tool("train")(
+def test_train_stops_on_bad_data_with_one_line(broken_dataset, tmp_path, capsys, load_tool):
+    rc = load_tool("train").main(
         ["-c", CONFIG, "-o", f"data.train.ann_file={broken_dataset}", f"data.train.image_dir={tmp_path}",
          f"train.output_dir={tmp_path / 'runs'}", "data.num_workers=0"]
     )  # fmt: skip
@@ -51,15 +43,15 @@ def test_train_stops_on_bad_data_with_one_line(broken_dataset, tmp_path, capsys)
     assert "Traceback" not in err
 
 
-def test_train_and_eval_name_missing_files(tmp_path, capsys):
+def test_train_and_eval_name_missing_files(tmp_path, capsys, load_tool):
     missing = str(tmp_path / "nope.safetensors")
-    rc = _tool("train")(
+    rc = load_tool("train").main(
         ["-c", CONFIG, "-w", missing, "-o", "data.check_on_start=false", f"train.output_dir={tmp_path / 'runs'}",
          f"data.train.ann_file={tmp_path / 'none.json'}"]
     )  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert _error_lines(err) == [f"error: annotation file not found: {tmp_path / 'none.json'}"], err
-    rc = _tool("eval")(["-c", CONFIG, "-w", missing])
+    rc = load_tool("eval").main(["-c", CONFIG, "-w", missing])
     err = capsys.readouterr().err
     assert rc == 2 and _error_lines(err) == [f"error: weights file not found: {missing}"], err
