@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         splits = [("", args.ann, args.image_dir)]
     else:
         ap.error("give --ann and --image-dir, or -c CONFIG")
+    # Never next to the data by default: a dataset folder may be read-only or shared.
+    stem = os.path.splitext(os.path.basename(args.config or args.ann))[0]
+    base = args.output or os.path.join("output", "dataset_check", stem)
     failed = False
     for name, ann, image_dir in splits:
-        # Never next to the data by default: a dataset folder may be read-only or shared.
-        stem = os.path.splitext(os.path.basename(args.config or ann))[0]
-        base = args.output or os.path.join("output", "dataset_check", stem)
         out_dir = os.path.join(base, name) if name else base
         report = check_dataset(ann, image_dir, out_dir, verify_pixels=not args.headers_only, num_threads=args.threads)
         print(report.summary())

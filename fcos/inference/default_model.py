@@ -21,8 +21,8 @@ def no_model_message(how_to_pass: str) -> str:
 def find_demo_export(cwd: Optional[str] = None) -> Optional[str]:
     """``output/demo/export`` under the current directory, else under the repository; None if neither
     holds an exported model (infer_cfg.yml)."""
-    for base in (cwd or os.getcwd(), _REPO_ROOT):
-        candidate = os.path.join(base, DEMO_EXPORT)
-        if os.path.isfile(os.path.join(candidate, "infer_cfg.yml")):
-            return os.path.relpath(candidate) if base == (cwd or os.getcwd()) else candidate
-    return None
+    here = cwd or os.getcwd()
+    if os.path.isfile(os.path.join(here, DEMO_EXPORT, "infer_cfg.yml")):
+        return os.path.relpath(os.path.join(here, DEMO_EXPORT), here)
+    in_repo = os.path.join(_REPO_ROOT, DEMO_EXPORT)
+    return in_repo if os.path.isfile(os.path.join(in_repo, "infer_cfg.yml")) else None
