@@ -23,8 +23,20 @@ setup(
         "visualdl>=2.5",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.5", "albumentations>=1.3", "paddle2onnx>=2.1", "onnxruntime>=1.16"],
-        "onnx": ["paddle2onnx>=2.1", "onnxruntime>=1.16"],
+        "dev": [
+            "pytest>=7",
+            "ruff>=0.5",
+            "albumentations>=1.3",
+            "paddle2onnx>=2.1",
+            "onnxruntime>=1.16",
+            "ml_dtypes>=0.2",
+            "openvino>=2024.0",
+            "nncf>=2.10",
+        ],
+        # ONNX export + ONNX Runtime (fp32, and int8 by tools/quantize.py --backend onnxruntime)
+        "onnx": ["paddle2onnx>=2.1", "onnxruntime>=1.16", "ml_dtypes>=0.2"],
+        # OpenVINO backend (fp32 from model.onnx; int8 by tools/quantize.py --backend openvino with NNCF)
+        "openvino": ["openvino>=2024.0", "nncf>=2.10", "paddle2onnx>=2.1"],
         "aug": ["albumentations>=1.3"],
     },
 )

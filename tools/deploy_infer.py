@@ -1,9 +1,12 @@
-"""Run an exported model (tools/export.py) on Paddle Inference and report honest FPS.
+"""Run an exported model (tools/export.py, tools/quantize.py) on Paddle Inference, ONNX Runtime or OpenVINO
+and report honest FPS.
 
 Examples:
     python tools/deploy_infer.py --model_dir output/export/rt_dla34 --image_dir photos/ --output_dir out/
     python tools/deploy_infer.py --model_dir DIR --video_file clip.mp4 --cpu_threads 2 --enable_mkldnn true
     python tools/deploy_infer.py --model_dir DIR --image_file a.jpg --bf16 --benchmark 50
+    python tools/deploy_infer.py --model_dir DIR_int8 --image_dir photos/     # int8 from tools/quantize.py
+    python tools/deploy_infer.py --model_dir DIR --image_dir photos/ --backend openvino   # needs DIR/model.onnx
     python tools/deploy_infer.py --model_dir DIR --play_video clip.mp4          # window, ESC stops, nothing saved
     python tools/deploy_infer.py --model_dir DIR --camera 0 --device gpu --run_mode trt_fp16
 
@@ -47,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--play_video", help="a video file shown in a window (ESC stops); saved only with --output_dir")
     src.add_argument("--camera", "--camera_id", dest="camera", type=int, help="camera index")
     ap.add_argument("--device", choices=("cpu", "gpu"), default=None, help="default: infer_cfg.yml runtime.device")
+    ap.add_argument(
+        "--backend",
+        choices=("paddle", "onnxruntime", "openvino"),
+        default=None,
+        help="inference engine (default: infer_cfg.yml runtime.backend, else paddle); onnxruntime/openvino "
+        "run model.onnx (tools/export.py --onnx) or the int8 model of tools/quantize.py",
+    )
     ap.add_argument(
         "--run_mode", choices=("paddle", "trt_fp32", "trt_fp16"), default="paddle", help="GPU: TensorRT modes"
     )
@@ -106,15 +116,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"no --model_dir given: using the demo model {args.model_dir} (trained by `make demo`)")
 
-    from fcos.deploy.predictor import DeployError, DeployPredictor
+    from fcos.deploy.factory import create_predictor
+    from fcos.deploy.predictor import DeployError
     from fcos.inference.runner import RunOptions, format_summary, run_source
 
     precision = "bf16" if args.bf16 else ("fp16" if args.run_mode == "trt_fp16" else None)
     use_trt = True if args.run_mode.startswith("trt") else None
     device = args.device or ("gpu" if use_trt else None)
     try:
-        predictor = DeployPredictor(
+        predictor = create_predictor(
             args.model_dir,
+            backend=args.backend,
             device=device,
             use_mkldnn=args.enable_mkldnn,
             cpu_threads=args.cpu_threads,
@@ -128,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DeployError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"model: {predictor.cfg.model_file} (exported with Paddle {predictor.cfg.paddle_version or '?'})")
+    model_file = getattr(predictor, "onnx_file", None) or predictor.cfg.model_file
+    print(f"model: {model_file} (exported with Paddle {predictor.cfg.paddle_version or '?'})")
 
     play = args.play_video is not None
     save_dir = args.output_dir or ("output/deploy" if not play else None)

@@ -1,4 +1,5 @@
-"""ONNX Runtime predictor for an export directory converted with :func:`fcos.export.export_onnx`.
+"""ONNX Runtime predictor for an export directory converted with :func:`fcos.export.export_onnx`
+(fp32 ``model.onnx``) or quantized by tools/quantize.py (int8 QDQ model named in infer_cfg.yml).
 
 Same interface, preprocessing (infer_cfg.yml) and stage timing as :class:`DeployPredictor`; only
 the engine differs. Needs the optional extra: ``pip install "fcos-paddle[onnx]"``.
@@ -34,9 +35,7 @@ class OnnxPredictor(DeployPredictor):
             import onnxruntime  # noqa: F401
         except ImportError as e:
             raise DeployError('ONNX Runtime is not installed: pip install "fcos-paddle[onnx]"') from e
-        self.onnx_file = onnx_file or os.path.join(model_dir, ONNX_NAME)
-        if not os.path.isfile(self.onnx_file):
-            raise DeployError(f"{self.onnx_file}: not found (create it with tools/export.py --onnx)")
+        self.onnx_file = onnx_file
         # infer_cfg.yml and the overrides as for Paddle Inference; _create_runtime below opens the session
         super().__init__(
             model_dir,
@@ -47,9 +46,21 @@ class OnnxPredictor(DeployPredictor):
             warmup=warmup,
         )
 
+    def _model_path(self, exts: tuple[str, ...], default: str, hint: str) -> str:
+        """The explicit file, else infer_cfg.yml's ``model_file`` when it has one of ``exts`` (an int8
+        model from tools/quantize.py names it), else ``model_dir/default``; DeployError when absent."""
+        named = self.cfg.model_file
+        path = self.onnx_file or (named if named.endswith(exts) else os.path.join(self.cfg.model_dir, default))
+        if not os.path.isfile(path):
+            raise DeployError(f"{path}: not found ({hint})")
+        return path
+
     def _create_runtime(self, onednn_placement: bool = True) -> None:
         import onnxruntime as ort
 
+        self.onnx_file = self._model_path((".onnx",), ONNX_NAME, "create it with tools/export.py --onnx")
+        if self.cfg.runtime.precision != "int8":
+            self.cfg.runtime.precision = "fp32"  # an fp32 graph runs in fp32 here, whatever the export asked
         opts = ort.SessionOptions()
         threads = resolve_threads(self.cfg.runtime.cpu_threads)
         opts.intra_op_num_threads = threads
@@ -68,8 +79,7 @@ class OnnxPredictor(DeployPredictor):
         # so a batch runs image by image on the same padded tensors; outputs are concatenated.
         n = int(feeds[self.input_names[0]].shape[0])
         per_image = [
-            self.session.run(None, {k: np.ascontiguousarray(feeds[k][i : i + 1]) for k in self.input_names})
-            for i in range(n)
+            self._run_one({k: np.ascontiguousarray(feeds[k][i : i + 1]) for k in self.input_names}) for i in range(n)
         ]
         bbox_axis = [0 if out.ndim == 2 else -1 for out in per_image[0]]
         return [
@@ -79,5 +89,9 @@ class OnnxPredictor(DeployPredictor):
             for j in range(len(per_image[0]))
         ]
 
+    def _run_one(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One image (batch 1) through the session; outputs in graph order."""
+        return self.session.run(None, feeds)
+
     def engine(self) -> str:
-        return "ONNX Runtime CPU fp32"
+        return f"ONNX Runtime CPU {self.cfg.runtime.precision}"

@@ -31,7 +31,8 @@ from fcos.inference.timing import StageTimer
 logger = logging.getLogger(__name__)
 
 INFER_CFG_NAME = "infer_cfg.yml"
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+BACKENDS = ("paddle", "onnxruntime", "openvino")
 PROGRAM_EXTS = (".json", ".pdmodel")  # Paddle 3 (PIR) first, then Paddle 2
 
 __all__ = [
@@ -53,14 +54,17 @@ class DeployError(RuntimeError):
 
 @dataclass
 class RuntimeOptions:
-    """How Paddle Inference runs the model (``runtime:`` section of infer_cfg.yml, CLI overrides).
+    """How the model runs (``runtime:`` section of infer_cfg.yml, CLI overrides).
 
+    backend: "paddle" (Paddle Inference) | "onnxruntime" | "openvino" (see fcos.deploy.factory);
     device: "cpu" | "gpu"; use_mkldnn: oneDNN kernels on CPU; cpu_threads: math threads (0 = all
-    cores); precision: "fp32" | "bf16" (CPU oneDNN, needs AVX512-BF16 or AMX) | "fp16" (GPU TensorRT);
+    cores); precision: "fp32" | "bf16" (CPU oneDNN, needs AVX512-BF16 or AMX) | "fp16" (GPU TensorRT)
+    | "int8" (a model written by tools/quantize.py; the precision is in its weights, not an option);
     use_tensorrt: TensorRT subgraphs on GPU; gpu_id; trt_min_subgraph_size; trt_max_batch_size.
     """
 
     device: str = "cpu"
+    backend: str = "paddle"
     use_mkldnn: bool = True
     cpu_threads: int = 0
     precision: str = "fp32"
@@ -157,9 +161,20 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
         raise DeployError(f"{path}: top level must be a mapping")
     # The files named in infer_cfg.yml when present (an export copied from Paddle 2 to 3 keeps working
     # because a missing named file falls back to the directory search).
-    prog, params = find_model_files(model_dir)
     named_prog, named_params = data.get("model_file"), data.get("params_file")
-    if isinstance(named_prog, str) and os.path.isfile(os.path.join(model_dir, named_prog)):
+    rt_data = data.get("runtime") if isinstance(data.get("runtime"), dict) else {}
+    if rt_data.get("backend", "paddle") != "paddle" and not os.path.isfile(os.path.join(model_dir, "model.pdiparams")):
+        # an ONNX Runtime / OpenVINO model (e.g. int8 from tools/quantize.py): no Paddle program here;
+        # the backend's predictor opens model_file itself
+        prog = os.path.join(model_dir, str(named_prog or ""))
+        params = os.path.join(model_dir, str(named_params or "")) if named_params else ""
+    else:
+        prog, params = find_model_files(model_dir)
+    if (
+        isinstance(named_prog, str)
+        and named_prog.endswith(PROGRAM_EXTS)
+        and os.path.isfile(os.path.join(model_dir, named_prog))
+    ):
         prog = os.path.join(model_dir, named_prog)
         if isinstance(named_params, str) and os.path.isfile(os.path.join(model_dir, named_params)):
             params = os.path.join(model_dir, named_params)
@@ -189,6 +204,7 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
     base = RuntimeOptions()
     runtime = RuntimeOptions(
         device=_get(rt, "device", str, base.device, where_rt),
+        backend=_get(rt, "backend", str, base.backend, where_rt),
         use_mkldnn=_get(rt, "use_mkldnn", bool, base.use_mkldnn, where_rt),
         cpu_threads=_get(rt, "cpu_threads", int, base.cpu_threads, where_rt),
         precision=_get(rt, "precision", str, base.precision, where_rt),
@@ -200,6 +216,12 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
         memory_optim=_get(rt, "memory_optim", bool, base.memory_optim, where_rt),
         onednn_cache_capacity=_get(rt, "onednn_cache_capacity", int, base.onednn_cache_capacity, where_rt),
     )
+    if runtime.backend not in BACKENDS:
+        raise DeployError(f"{where_rt}: key 'backend' must be one of {', '.join(BACKENDS)}, got {runtime.backend!r}")
+    if runtime.precision not in PRECISIONS:
+        raise DeployError(
+            f"{where_rt}: key 'precision' must be one of {', '.join(PRECISIONS)}, got {runtime.precision!r}"
+        )
     names = [str(n) for n in data.get("class_names") or []]
     num_classes = int(data.get("num_classes") or len(names))
     if not names:
@@ -258,6 +280,11 @@ def create_paddle_predictor(
 
     if opts.precision not in PRECISIONS:
         raise DeployError(f"precision must be one of {PRECISIONS}, got {opts.precision!r}")
+    if opts.precision == "int8":
+        raise DeployError(
+            "precision 'int8' on Paddle Inference is not available: quantize with tools/quantize.py "
+            "--backend openvino|onnxruntime and run that directory"
+        )
     if opts.device not in ("cpu", "gpu"):
         raise DeployError(f"device must be 'cpu' or 'gpu', got {opts.device!r}")
     config = pi.Config(model_file, params_file)
