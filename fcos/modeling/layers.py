@@ -13,6 +13,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from fcos.ops.batch_norm import cpu_batch_norm, cpu_batch_norm_applies
 from fcos.ops.group_norm import cpu_group_norm, cpu_group_norm_applies
 from fcos.ops.onednn_conv import onednn_conv2d, onednn_conv_applies
 
@@ -81,15 +82,32 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(x)
 
 
+class BatchNorm2D(nn.BatchNorm2D):
+    """``nn.BatchNorm2D`` (same parameters, statistics and state dict) that trains through ``fcos_batch_norm``.
+
+    In dygraph training on CPU float32, with the fcos CPU operators active
+    (:func:`fcos.ops.set_conv_backend`), the batch statistics and gradients are accumulated in double
+    and the running variance is updated with the unbiased batch variance, as torch does
+    (:mod:`fcos.ops.batch_norm`). Evaluation, export, GPU and ``SyncBatchNorm`` conversion use Paddle's
+    ``batch_norm``. Input and output (N, C, H, W).
+    """
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if cpu_batch_norm_applies(self, x):
+            self._check_input_dim(x)
+            return cpu_batch_norm(x, self._mean, self._variance, self.weight, self.bias, self._momentum, self._epsilon)
+        return super().forward(x)
+
+
 def get_norm(name: str, channels: int, gn_groups: int = 32) -> Optional[nn.Layer]:
     """Norm layer for ``channels`` feature maps; ``None`` for ``"none"``.
 
-    "bn" and "syncbn" give ``BatchNorm2D`` (momentum 0.9 == torch 0.1, epsilon 1e-5); "syncbn" is
+    "bn" and "syncbn" give :class:`BatchNorm2D` (momentum 0.9 == torch 0.1, epsilon 1e-5); "syncbn" is
     converted to ``SyncBatchNorm`` by ``build_model`` only on multi-GPU CUDA runs. "frozen_bn" gives
     :class:`FrozenBatchNorm2D`; "gn" :class:`GroupNorm` with ``gn_groups`` groups (epsilon 1e-5).
     """
     if name in ("bn", "syncbn"):
-        return nn.BatchNorm2D(channels, momentum=0.9, epsilon=1e-5)
+        return BatchNorm2D(channels, momentum=0.9, epsilon=1e-5)
     if name == "frozen_bn":
         return FrozenBatchNorm2D(channels)
     if name == "gn":

@@ -13,8 +13,10 @@ lands in ``~/.cache/fcos-paddle/ops`` (``$FCOS_OPS_CACHE``) under a file lock, o
 Paddle version.
 
 The same build holds ``fcos_group_norm`` (``group_norm.cc``, see :mod:`fcos.ops.group_norm`): Paddle's CPU
-GroupNorm kernels are 3-6x slower than memory bandwidth allows, and the FCOS head has 8 of them per level.
-The backend switch below covers both.
+GroupNorm kernels are 3-6x slower than memory bandwidth allows, and the FCOS head has 8 of them per level;
+and ``fcos_batch_norm`` (``batch_norm.cc``, see :mod:`fcos.ops.batch_norm`): Paddle's CPU train-mode
+BatchNorm accumulates its statistics in float, too imprecisely for DLA-34's full-resolution BatchNorms.
+The backend switch below covers all three.
 
 Backends (:func:`set_conv_backend`, ``train.cpu_conv``, ``$FCOS_CPU_CONV``): ``auto`` uses oneDNN when
 the operator builds and says once why not otherwise; ``onednn`` insists (an error if it cannot build);
@@ -43,9 +45,10 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "onednn", "paddle")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(_HERE, "onednn_conv.cc")
-# Built into the same module: the GroupNorm kernel of fcos/ops/group_norm.py (no oneDNN needed, but one
-# build, one cache entry and one backend switch for both).
-SOURCES = [SOURCE, os.path.join(_HERE, "group_norm.cc")]
+# Built into the same module: the GroupNorm kernel of fcos/ops/group_norm.py and the train-mode
+# BatchNorm kernel of fcos/ops/batch_norm.py (no oneDNN needed, but one build, one cache entry and one
+# backend switch for all).
+SOURCES = [SOURCE, os.path.join(_HERE, "group_norm.cc"), os.path.join(_HERE, "batch_norm.cc")]
 MODULE_NAME = "fcos_onednn_conv"
 # OpenMP: GNU libgomp, the runtime Paddle's libdnnl.so.3 already uses (one thread pool).
 CXX_FLAGS = ("-O2", "-fopenmp")
