@@ -97,6 +97,11 @@ class PostprocessConfig:
     nms_thresh: float = 0.6
     max_dets: int = 100
     clip_before_nms: bool = False  # torchvision clips boxes to the image before NMS; AdelaiDet after
+    # What happens to boxes after NMS, as each reference does it (fcos/modeling/postprocess.py):
+    # "clip_drop_empty": scale to the original image, clip to it, drop zero-area boxes (detectron2 detector_postprocess)
+    # "clip_keep": clip to the resized image, scale back, keep zero-area boxes (torchvision)
+    # "none": scale back only; boxes may reach outside the image (PaddleDetection)
+    box_rule: str = "clip_drop_empty"
 
 
 @dataclass
@@ -125,6 +130,15 @@ class InputConfig:
     train_max: int = 900
     size_divisor: int = 32
     interp: str = "bilinear"  # "bilinear" | "nearest" | "area"
+    # How the image is resized, as each reference does it (fcos/data/preprocess.py):
+    # "pil": Pillow on the uint8 image (detectron2 ResizeTransform; antialiased when shrinking)
+    # "opencv": cv2.resize on the uint8 image (PaddleDetection)
+    # "torch_float": bilinear, half-pixel centres, no antialias, on the normalised float image
+    #   (torchvision GeneralizedRCNNTransform: F.interpolate(..., recompute_scale_factor=True))
+    resize_backend: str = "pil"
+    # Resized size: "round" int(x + 0.5) with the short side exactly test_short (detectron2, PaddleDetection);
+    # "floor" floor(side * scale), scale = min(short / min side, max / max side) (torchvision)
+    size_rounding: str = "round"
 
 
 @dataclass
@@ -379,6 +393,9 @@ _CHOICES = {
     "model.loss.cls_normalizer": ("fg", "moving_fg"),
     "input.channel_order": ("BGR", "RGB"),
     "input.interp": ("bilinear", "nearest", "area"),
+    "input.resize_backend": ("pil", "opencv", "torch_float"),
+    "input.size_rounding": ("round", "floor"),
+    "model.postprocess.box_rule": ("clip_drop_empty", "clip_keep", "none"),
     "train.amp_dtype": ("float16", "bfloat16"),
     "train.monitor_mode": ("max", "min"),
     "train.nan_policy": ("stop", "skip"),
@@ -418,6 +435,8 @@ def validate_config(cfg: Config, src: str = "<config>") -> None:
             raise ConfigError(f"{src}: key 'input.{k}' must have 3 values")
     if any(s == 0 for s in cfg.input.std):
         raise ConfigError(f"{src}: key 'input.std' may not contain 0")
+    if cfg.input.resize_backend == "torch_float" and cfg.input.interp != "bilinear":
+        raise ConfigError(f"{src}: key 'input.interp' must be 'bilinear' with input.resize_backend 'torch_float'")
     if cfg.input.size_divisor < 1:
         raise ConfigError(f"{src}: key 'input.size_divisor' must be >= 1")
     if list(cfg.schedule.milestones) != sorted(cfg.schedule.milestones):

@@ -109,6 +109,8 @@ def build_infer_cfg(
             "max_size": int(inp.test_max),
             "size_divisor": int(inp.size_divisor),
             "interp": inp.interp,
+            "resize_backend": inp.resize_backend,
+            "size_rounding": inp.size_rounding,
             "channel_order": inp.channel_order,
             "to_unit": bool(inp.to_unit),
             "mean": [float(v) for v in inp.mean],
@@ -129,6 +131,7 @@ def build_infer_cfg(
             "nms_thresh": float(pp.nms_thresh),
             "max_dets": int(pp.max_dets),
             "pre_nms_topk": int(pp.pre_nms_topk),
+            "box_rule": pp.box_rule,  # in the graph, except dropping empty boxes (the predictor does that)
         },
         "inputs": {"image": [-1, 3, -1, -1], "im_shape": [-1, 2], "scale_factor": [-1, 2]},
         "outputs": {"bboxes": "[K, 6] label, score, x1, y1, x2, y2 (original pixels)", "bbox_num": "[N] int32"},
@@ -270,7 +273,7 @@ def check_export(
     overrides DeployPredictor options (default: those in infer_cfg.yml, i.e. what users run).
     """
     from fcos.deploy.predictor import DeployPredictor
-    from fcos.modeling.postprocess import split_detections
+    from fcos.modeling.postprocess import drops_empty_boxes, split_detections
 
     images = list(images) if images is not None else make_check_images()
     inp = cfg.input
@@ -293,7 +296,7 @@ def check_export(
                         paddle.to_tensor(batch.im_shape),
                         paddle.to_tensor(batch.scale_factor),
                     )
-                ref = split_detections(bboxes, bbox_num)
+                ref = split_detections(bboxes, bbox_num, drops_empty_boxes(cfg.model.postprocess))
                 got = predictor.predict(chunk, keep_images=False)
                 for r, g in zip(ref, got):
                     ok, stats = compare_detections(_as_results(r), g, max_dets, min_score, score_tol, box_tol)

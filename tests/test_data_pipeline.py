@@ -36,22 +36,37 @@ def test_hflip_maps_x_to_w_minus_x():
     np.testing.assert_array_equal(_drawn_box(out), b[0])
 
 
+_RULES = [("opencv", "nearest", "round"), ("pil", "nearest", "round"), ("pil", "bilinear", "round")]
+_RULES += [("torch_float", "bilinear", "floor")]
+
+
+def _pixels_cfg(backend: str, interp: str, rounding: str, **kw) -> InputConfig:
+    """Network input == BGR pixel values (mean 0, std 1), so drawn boxes can be read back."""
+    return InputConfig(
+        mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], interp=interp, resize_backend=backend, size_rounding=rounding, **kw
+    )
+
+
+@pytest.mark.parametrize("backend,interp,rounding", _RULES)
 @pytest.mark.parametrize("short,max_size", [(60, 1000), (240, 1000), (333, 400), (97, 150)])
-def test_resize_keeps_the_box_on_its_pixels(short, max_size):
+def test_resize_keeps_the_box_on_its_pixels(short, max_size, backend, interp, rounding):
     img, boxes = _canvas()
-    out, b, (sy, sx) = resize_with_boxes(img, boxes, short, max_size, "nearest")
-    assert out.shape[0] == round(120 * sy) and out.shape[1] == round(200 * sx)
-    np.testing.assert_allclose(b[0], _drawn_box(out), atol=1.0)
+    out, b, (sy, sx) = resize_with_boxes(img, boxes, short, max_size, _pixels_cfg(backend, interp, rounding))
+    assert out.dtype == np.float32 and out.shape[0] == 3
+    assert abs(out.shape[1] - 120 * sy) < 1e-6 and abs(out.shape[2] - 200 * sx) < 1e-6
+    np.testing.assert_allclose(b[0], _drawn_box(out.transpose(1, 2, 0)), atol=1.0)
 
 
+@pytest.mark.parametrize("backend,interp,rounding", _RULES)
 @pytest.mark.parametrize("seed", range(6))
-def test_train_transform_resize_flip_alignment(seed):
+def test_train_transform_resize_flip_alignment(seed, backend, interp, rounding):
     img, boxes = _canvas(box=(5, 50, 61, 117))
     rng = np.random.default_rng(seed)
-    out, b, labels, (sy, sx) = train_transform(img, boxes, np.array([2]), rng, [64, 100, 150], 260, 0.5, "nearest")
+    cfg = _pixels_cfg(backend, interp, rounding, train_shorts=[64, 100, 150], train_max=260)
+    out, b, labels, (sy, sx) = train_transform(img, boxes, np.array([2]), rng, cfg, 0.5)
     assert labels.tolist() == [2]
-    assert (out.shape[0], out.shape[1]) == (round(120 * sy), round(200 * sx))
-    np.testing.assert_allclose(b[0], _drawn_box(out), atol=1.0)
+    assert abs(out.shape[1] - 120 * sy) < 1e-6 and abs(out.shape[2] - 200 * sx) < 1e-6
+    np.testing.assert_allclose(b[0], _drawn_box(out.transpose(1, 2, 0)), atol=1.0)
 
 
 def test_dataset_and_padding_keep_boxes_aligned(tmp_path):

@@ -76,7 +76,8 @@ def test_exported_graph_equals_dygraph(exported, batch_size, short, max_size):
     np.testing.assert_array_equal(num, ref_num)
     assert ref_num.sum() > 20 * batch_size  # a real comparison, not of empty sets
     np.testing.assert_array_equal(rows[:, 0], ref_rows[:, 0])  # labels, in the same order
-    np.testing.assert_allclose(rows[:, 1:], ref_rows[:, 1:], atol=1e-4)
+    # fp32 noise between Paddle Inference's native kernels and dygraph's oneDNN convolutions: ~1e-6 relative
+    np.testing.assert_allclose(rows[:, 1:], ref_rows[:, 1:], rtol=1e-5, atol=1e-4)
 
 
 def test_check_export_compares_real_detections_and_can_fail(exported):

@@ -23,7 +23,6 @@ from fcos.config import DatasetSplit, InputConfig
 from fcos.data.batch import Sample
 from fcos.data.coco import CocoDetection, LabelMap
 from fcos.data.image_io import ImageReadError
-from fcos.data.preprocess import normalize_image
 from fcos.data.transforms import (
     AlbumentationsTransform,
     build_albumentations,
@@ -137,14 +136,12 @@ class DetectionDataset(paddle.io.Dataset):
             boxes, labels = clean_boxes(boxes, labels, h0, w0)
         cfg = self.input_cfg
         if self.train:
-            img, boxes, labels, scale = train_transform(
-                img, boxes, labels, rng, cfg.train_shorts, cfg.train_max, self.flip_prob, cfg.interp, self.album
-            )
+            image, boxes, labels, scale = train_transform(img, boxes, labels, rng, cfg, self.flip_prob, self.album)
         else:
-            img, boxes, scale = resize_with_boxes(img, boxes, cfg.test_short, cfg.test_max, cfg.interp)
-            boxes, labels = clean_boxes(boxes, labels, img.shape[0], img.shape[1])
+            image, boxes, scale = resize_with_boxes(img, boxes, cfg.test_short, cfg.test_max, cfg)
+            boxes, labels = clean_boxes(boxes, labels, image.shape[1], image.shape[2])
         return Sample(
-            image=normalize_image(img, cfg),
+            image=image,
             boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
             labels=np.asarray(labels, dtype=np.int64).reshape(-1),
             scale=(float(scale[0]), float(scale[1])),

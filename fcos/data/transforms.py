@@ -2,8 +2,9 @@
 
 Boxes use continuous pixel-edge coordinates: a box covering pixel columns 10..19 is x1=10, x2=20.
 Resizing scales both by the same factors; a horizontal flip of an image of width W maps
-x -> W - x. Resizing itself is :func:`fcos.data.preprocess.resize_image` (the one implementation
-shared with evaluation and inference).
+x -> W - x. Resizing and normalisation are :func:`fcos.data.preprocess.prepare_image` (the one
+implementation shared with evaluation and inference, following the recipe's ``input.resize_backend``
+and ``input.size_rounding``), so training images are network inputs: float32 (3, h, w), normalised.
 
 Optional albumentations transforms come from ``data.albumentations`` in the YAML, a list of
 ``{name: ClassName, **kwargs}``; albumentations is only imported when that list is non-empty.
@@ -16,25 +17,28 @@ from typing import Any, Optional
 
 import numpy as np
 
-from fcos.data.preprocess import resize_image
+from fcos.config import InputConfig
+from fcos.data.preprocess import prepare_image
 
 
 def resize_with_boxes(
-    img: np.ndarray, boxes: np.ndarray, short: int, max_size: int, interp: str = "bilinear"
+    img: np.ndarray, boxes: np.ndarray, short: int, max_size: int, cfg: InputConfig
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-    """Resize (short side to ``short``, long side capped) and scale boxes (M, 4) xyxy along.
+    """BGR uint8 (H, W, 3) -> network input (3, h, w) (short side ``short``, long side capped, the
+    recipe's resize rule), boxes (M, 4) xyxy scaled along.
 
-    Returns (image, boxes float32, (sy, sx) = new / old).
+    Returns (image float32 (3, h, w), boxes float32, (sy, sx) = new / old).
     """
-    out, (sy, sx) = resize_image(img, short, max_size, interp)
+    out, (sy, sx) = prepare_image(img, cfg, short, max_size)
     scaled = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], dtype=np.float32)
     return out, scaled, (sy, sx)
 
 
-def hflip_with_boxes(img: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror an (H, W, C) image left-right and its boxes (M, 4) xyxy: x1' = W - x2, x2' = W - x1."""
-    w = img.shape[1]
-    flipped = np.ascontiguousarray(img[:, ::-1])
+def hflip_with_boxes(img: np.ndarray, boxes: np.ndarray, chw: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror an image left-right, (H, W, C) or with ``chw`` (C, H, W), and its boxes (M, 4) xyxy:
+    x1' = W - x2, x2' = W - x1."""
+    w = img.shape[2] if chw else img.shape[1]
+    flipped = np.ascontiguousarray(img[:, :, ::-1] if chw else img[:, ::-1])
     b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
     b[:, [0, 2]] = w - b[:, [2, 0]]
     return flipped, b
@@ -110,27 +114,26 @@ def train_transform(
     boxes: np.ndarray,
     labels: np.ndarray,
     rng: np.random.Generator,
-    train_shorts: list[int],
-    train_max: int,
+    cfg: InputConfig,
     flip_prob: float,
-    interp: str = "bilinear",
     album: Optional[AlbumentationsTransform] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
-    """Albumentations (optional) -> random short side from ``train_shorts`` -> random horizontal flip.
+    """Albumentations (optional) -> random short side from ``cfg.train_shorts`` (long side capped at
+    ``cfg.train_max``, the recipe's resize rule) and normalisation -> random horizontal flip.
 
-    All randomness comes from ``rng``. Returns (image uint8 (h, w, 3), boxes (M, 4) float32 xyxy in
-    the resized frame, labels (M,) int64, (sy, sx) resized / original).
+    All randomness comes from ``rng``. Returns (image float32 (3, h, w) normalised, boxes (M, 4) float32
+    xyxy in the resized frame, labels (M,) int64, (sy, sx) resized / original).
     """
     album_seed = int(rng.integers(0, 2**31 - 1))
-    short = int(train_shorts[int(rng.integers(0, len(train_shorts)))])
+    short = int(cfg.train_shorts[int(rng.integers(0, len(cfg.train_shorts)))])
     do_flip = bool(rng.random() < flip_prob)
     h0, w0 = img.shape[:2]
     if album is not None:
         img, boxes, labels = album(img, boxes, labels, album_seed)
-    img_r, boxes, _ = resize_with_boxes(img, boxes, short, train_max, interp)
+    img_r, boxes, _ = resize_with_boxes(img, boxes, short, cfg.train_max, cfg)
     # relative to the image as read (albumentations may have cropped or padded it)
-    sy, sx = img_r.shape[0] / h0, img_r.shape[1] / w0
+    sy, sx = img_r.shape[1] / h0, img_r.shape[2] / w0
     if do_flip:
-        img_r, boxes = hflip_with_boxes(img_r, boxes)
-    boxes, labels = clean_boxes(boxes, labels, img_r.shape[0], img_r.shape[1])
+        img_r, boxes = hflip_with_boxes(img_r, boxes, chw=True)
+    boxes, labels = clean_boxes(boxes, labels, img_r.shape[1], img_r.shape[2])
     return img_r, boxes, labels, (sy, sx)

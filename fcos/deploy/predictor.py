@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from fcos.config import InputConfig
-from fcos.data.preprocess import preprocess
+from fcos.data.preprocess import RESIZE_BACKENDS, preprocess
 from fcos.inference.results import Results
 from fcos.inference.timing import StageTimer
 
@@ -90,6 +90,7 @@ class InferCfg:
     draw_threshold: float
     runtime: RuntimeOptions
     paddle_version: str = ""
+    box_rule: str = "clip_drop_empty"  # postprocess.box_rule (model.postprocess.box_rule at export)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,7 +134,21 @@ def _get(d: dict, key: str, typ: type, default: Any, where: str) -> Any:
     return v
 
 
-_PREPROCESS_KEYS = {"target_size", "max_size", "size_divisor", "interp", "channel_order", "to_unit", "mean", "std"}
+_PREPROCESS_KEYS = {
+    "target_size",
+    "max_size",
+    "size_divisor",
+    "interp",
+    "resize_backend",
+    "size_rounding",
+    "channel_order",
+    "to_unit",
+    "mean",
+    "std",
+}
+# An export written before resize_backend / size_rounding existed resized with OpenCV and rounded.
+_LEGACY_RESIZE = {"resize_backend": "opencv", "size_rounding": "round"}
+BOX_RULES = ("clip_drop_empty", "clip_keep", "none")
 
 
 def _check_keys(section: Any, known: set[str], where: str) -> None:
@@ -191,7 +206,21 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
         test_max=_get(pp, "max_size", int, defaults.test_max, where),
         size_divisor=_get(pp, "size_divisor", int, defaults.size_divisor, where),
         interp=_get(pp, "interp", str, defaults.interp, where),
+        resize_backend=_get(pp, "resize_backend", str, _LEGACY_RESIZE["resize_backend"], where),
+        size_rounding=_get(pp, "size_rounding", str, _LEGACY_RESIZE["size_rounding"], where),
     )
+    if inp.resize_backend not in RESIZE_BACKENDS:
+        raise DeployError(
+            f"{where}: key 'resize_backend' must be one of {', '.join(RESIZE_BACKENDS)}, got {inp.resize_backend!r}"
+        )
+    if inp.size_rounding not in ("round", "floor"):
+        raise DeployError(f"{where}: key 'size_rounding' must be round or floor, got {inp.size_rounding!r}")
+    post = data.get("postprocess") or {}
+    if not isinstance(post, dict):
+        raise DeployError(f"{path} postprocess: must be a mapping, got {post!r}")
+    box_rule = _get(post, "box_rule", str, "clip_drop_empty", f"{path} postprocess")
+    if box_rule not in BOX_RULES:
+        raise DeployError(f"{path} postprocess: key 'box_rule' must be one of {', '.join(BOX_RULES)}, got {box_rule!r}")
     if inp.channel_order not in ("BGR", "RGB"):
         raise DeployError(f"{where}: key 'channel_order' must be BGR or RGB, got {inp.channel_order!r}")
     if len(inp.mean) != 3 or len(inp.std) != 3 or any(s == 0 for s in inp.std):
@@ -240,6 +269,7 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
         draw_threshold=_get(data, "draw_threshold", float, 0.5, path),
         runtime=runtime,
         paddle_version=str(data.get("paddle_version", "")),
+        box_rule=box_rule,
         extra={k: v for k, v in data.items() if k not in known},
     )
 
@@ -336,15 +366,20 @@ def create_paddle_predictor(
     return pi.create_predictor(config)
 
 
-def split_batch_detections(bboxes: np.ndarray, bbox_num: np.ndarray) -> list[dict[str, np.ndarray]]:
+def split_batch_detections(
+    bboxes: np.ndarray, bbox_num: np.ndarray, drop_empty: bool = True
+) -> list[dict[str, np.ndarray]]:
     """Split the graph's [K, 6] rows [label, score, x1, y1, x2, y2] by ``bbox_num`` (N,) into per-image
-    dicts (boxes (k,4) float32, scores (k,), labels (k,) int64); drops empty boxes and label -1 rows."""
+    dicts (boxes (k,4) float32, scores (k,), labels (k,) int64); drops label -1 rows and, with
+    ``drop_empty`` (box rule "clip_drop_empty"), boxes of zero width or height."""
     out, start = [], 0
     bboxes = np.asarray(bboxes, dtype=np.float32).reshape(-1, 6)
     for n in np.asarray(bbox_num).reshape(-1).tolist():
         rows = bboxes[start : start + int(n)]
         start += int(n)
-        keep = (rows[:, 0] >= 0) & (rows[:, 4] > rows[:, 2]) & (rows[:, 5] > rows[:, 3])
+        keep = rows[:, 0] >= 0
+        if drop_empty:
+            keep &= (rows[:, 4] > rows[:, 2]) & (rows[:, 5] > rows[:, 3])
         rows = rows[keep]
         out.append({"boxes": rows[:, 2:6].copy(), "scores": rows[:, 1].copy(), "labels": rows[:, 0].astype(np.int64)})
     return out
@@ -520,7 +555,7 @@ class DeployPredictor:
         )
         t2 = time.perf_counter()
         bboxes, bbox_num = self._pick_outputs(outputs)
-        dets = split_batch_detections(bboxes, bbox_num)
+        dets = split_batch_detections(bboxes, bbox_num, self.cfg.box_rule == "clip_drop_empty")
         if len(dets) != len(images):
             raise DeployError(f"exported model returned detections for {len(dets)} images, expected {len(images)}")
         results = [

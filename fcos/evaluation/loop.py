@@ -13,10 +13,11 @@ from fcos.evaluation.coco_eval import CocoEvaluator
 
 def predict_batch(model: paddle.nn.Layer, batch: Any) -> list[dict]:
     """Eval-mode forward of one ``Batch`` -> per-image dict(boxes (k,4) xyxy original pixels, scores, labels)."""
-    from fcos.modeling.postprocess import split_detections
+    from fcos.modeling.postprocess import drops_empty_boxes, split_detections
 
     bboxes, bbox_num = model(batch.images, batch.im_shape, batch.scale_factor)
-    return split_detections(bboxes, bbox_num)
+    detector = getattr(model, "_layers", model)  # paddle.DataParallel wraps the detector
+    return split_detections(bboxes, bbox_num, drops_empty_boxes(detector.cfg.postprocess))
 
 
 def run_evaluation(

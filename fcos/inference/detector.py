@@ -116,7 +116,7 @@ class Detector:
         """
         import paddle
 
-        from fcos.modeling.postprocess import split_detections
+        from fcos.modeling.postprocess import drops_empty_boxes, split_detections
 
         if isinstance(images, (np.ndarray, str)):
             images = [images]
@@ -145,7 +145,8 @@ class Detector:
                 )
                 bboxes.numpy()  # wait for the computation inside the "infer" stage
             t2 = time.perf_counter()
-            for det, img, name in zip(split_detections(bboxes, bbox_num), arrays, names):
+            dets = split_detections(bboxes, bbox_num, drops_empty_boxes(self.cfg.model.postprocess))
+            for det, img, name in zip(dets, arrays, names):
                 out.append(
                     Results(
                         boxes=det["boxes"],

@@ -9,8 +9,11 @@ Steps (AdelaiDet order; the torchvision / PaddleDetection variants are config sw
      image (``clip_before_nms``, torchvision);
   5. all levels together: class-aware NMS (IoU without the +1 pixel offset, as detectron2 and
      torchvision), keep the best ``max_dets`` per image, sorted by score;
-  6. clip to the resized image, divide by scale_factor (x by sx, y by sy), clip to the original size
-     round(im_shape / scale_factor).
+  6. back to the original image by ``box_rule``, as each reference does it:
+     "clip_drop_empty" (detectron2 ``detector_postprocess``): divide by scale_factor (x by sx, y by sy),
+     clip to the original size round(im_shape / scale_factor), and :func:`split_detections` drops boxes
+     of zero width or height; "clip_keep" (torchvision): clip to the resized image, divide, keep every
+     box; "none" (PaddleDetection): divide only, so boxes may reach outside the image.
 
 Everything is fixed-shape tensor ops (top-k on masked scores instead of boolean indexing, Paddle's
 batched ``multiclass_nms3``), so it runs in dygraph and under ``paddle.jit.to_static`` with dynamic
@@ -153,22 +156,35 @@ def postprocess_detections(
     detections = paddle.gather(detections, order)
     image_index = paddle.gather(image_index, order)
 
-    row_shape = paddle.gather(im_shape, image_index)  # (K,2) h,w resized
     row_scale = paddle.gather(scale_factor, image_index)  # (K,2) sy,sx
-    original_shape = paddle.round(im_shape / scale_factor)
-    row_original = paddle.gather(original_shape, image_index)
-    det_boxes = _clip_boxes(detections[:, 2:6], row_shape)
     scale_xyxy = paddle.concat([row_scale[:, 1:2], row_scale[:, 0:1]], axis=1).tile([1, 2])
-    det_boxes = _clip_boxes(det_boxes / scale_xyxy, row_original)
+    det_boxes = detections[:, 2:6]
+    if cfg.box_rule == "clip_keep":
+        det_boxes = _clip_boxes(det_boxes, paddle.gather(im_shape, image_index)) / scale_xyxy
+    elif cfg.box_rule == "clip_drop_empty":
+        original_shape = paddle.round(im_shape / scale_factor)
+        det_boxes = _clip_boxes(det_boxes / scale_xyxy, paddle.gather(original_shape, image_index))
+    elif cfg.box_rule == "none":
+        det_boxes = det_boxes / scale_xyxy
+    else:
+        raise ValueError(f"model.postprocess.box_rule must be clip_drop_empty, clip_keep or none, got {cfg.box_rule!r}")
     bboxes = paddle.concat([detections[:, 0:2], det_boxes], axis=1)
     return bboxes, bbox_num
 
 
-def split_detections(bboxes: paddle.Tensor | np.ndarray, bbox_num: paddle.Tensor | np.ndarray) -> list[dict]:
+def drops_empty_boxes(cfg: PostprocessConfig) -> bool:
+    """Whether ``cfg.box_rule`` drops boxes of zero width or height after NMS (detectron2's rule)."""
+    return cfg.box_rule == "clip_drop_empty"
+
+
+def split_detections(
+    bboxes: paddle.Tensor | np.ndarray, bbox_num: paddle.Tensor | np.ndarray, drop_empty: bool = True
+) -> list[dict]:
     """Per-image numpy results from ``postprocess_detections`` output.
 
     Returns a list (one per image) of dict(boxes (k,4) float32 xyxy original pixels, scores (k,) float32,
-    labels (k,) int64); boxes with zero width or height are dropped.
+    labels (k,) int64). With ``drop_empty`` (box rule "clip_drop_empty", detectron2's ``nonempty()``)
+    boxes with zero width or height are dropped; rows with a negative label (padding) always are.
     """
     bboxes_np = np.asarray(bboxes.numpy() if isinstance(bboxes, paddle.Tensor) else bboxes, dtype=np.float32)
     counts = np.asarray(bbox_num.numpy() if isinstance(bbox_num, paddle.Tensor) else bbox_num).reshape(-1)
@@ -183,7 +199,9 @@ def split_detections(bboxes: paddle.Tensor | np.ndarray, bbox_num: paddle.Tensor
         rows = bboxes_np[start : start + int(count)]
         start += int(count)
         boxes = rows[:, 2:6]
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        keep = rows[:, 0] >= 0
+        if drop_empty:
+            keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         results.append(
             {
                 "boxes": boxes[keep].astype(np.float32),
