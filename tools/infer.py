@@ -6,12 +6,16 @@ Examples:
     python tools/infer.py -c configs/rt_dla34.yml -w W --source clip.mp4 --save-dir out/   # out/clip.mp4
     python tools/infer.py -c configs/rt_dla34.yml -w W --source 0 --show                  # webcam 0, ESC stops
     python tools/infer.py -w output/export/rt_dla34 --source photos/                      # an exported model dir
+    python tools/infer.py -c configs/rt_dla34.yml -w W --source clip.mp4 --engine predictor  # fast engine, no export step
     (--image / --image_dir / --video / --camera N are accepted as well)
 
 Writes annotated images/videos to --save-dir (default output/infer), --save-json COCO result records
 (file_name, category_id = the dataset's id, bbox [x, y, w, h] in original pixels, score) and
 --save-txt one `label score x1 y1 x2 y2 name` line per detection. Exit code 0 on success, 1 when some
 inputs failed or a video ended early (outputs are still finalized), 2 for unusable arguments/sources.
+--engine predictor runs a checkpoint on the exported predictor (Paddle Inference, oneDNN), about twice
+as fast on CPU as the dygraph model: it is exported once into a cache ($FCOS_CACHE_DIR or
+~/.cache/fcos-paddle/exports, keyed by config + weights) and reused on later runs.
 """
 
 from __future__ import annotations
@@ -57,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=1, help="images per forward pass (folders)")
     ap.add_argument("--max-frames", type=int, default=0, help="videos/cameras: stop after N frames (0: all)")
     ap.add_argument("--threads", type=int, default=0, help="CPU math threads (0: all cores)")
+    ap.add_argument(
+        "--engine",
+        choices=("dygraph", "predictor"),
+        default="dygraph",
+        help="with -c/-w: dygraph model, or the exported predictor (exported once into a cache; faster on CPU)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
@@ -125,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
             default_threshold = cfg.export.draw_threshold
             if predictor.load_report is not None:
                 print(predictor.load_report)
+            if args.engine == "predictor":
+                from fcos.deploy.engine_cache import cached_export
+                from fcos.deploy.predictor import DeployPredictor
+
+                export_dir, fresh = cached_export(predictor, args.weights)
+                print(f"engine: predictor, {'exported to' if fresh else 'cached export'} {export_dir}")
+                predictor = DeployPredictor(export_dir, cpu_threads=args.threads or None, warmup=1)
+                print(f"engine: {predictor.describe()}")
     except (ConfigError, DeployError, OSError, ValueError, pickle.UnpicklingError) as e:  # incl. unsafe pickles
         print(f"error: {e}", file=sys.stderr)
         return 2
