@@ -1,4 +1,5 @@
-"""CPU latency of FCOS per recipe and input size: dygraph vs exported Paddle Inference vs ONNX Runtime.
+"""CPU latency of FCOS per recipe and input size: dygraph vs exported Paddle Inference vs ONNX Runtime vs
+OpenVINO, fp32 / bf16 / int8.
 
     python benchmarks/latency.py --quick                 # one recipe and size, a few runs (about a minute)
     python benchmarks/latency.py                         # the full table (tens of minutes on 2 cores)
@@ -13,10 +14,15 @@ box decoding, NMS) and post-processing (per-image Results), after warm-up runs, 
 - ``paddle-onednn-bf16``: the same in bfloat16, when the CPU has AVX512-BF16 or AMX (with the share of
   fp32 detections it reproduces at IoU >= 0.9);
 - ``onnxruntime``: the export converted with paddle2onnx, when paddle2onnx and onnxruntime are installed;
+- ``openvino-fp32``: the same ONNX model on OpenVINO's CPU plugin (fcos.deploy.openvino_predictor);
+- ``onnxruntime-int8`` / ``openvino-int8``: the export quantized by tools/quantize.py (ONNX Runtime
+  quantize_static / NNCF), calibrated on 8 synthetic images, with the share of fp32 detections it
+  reproduces (Paddle Inference fp32 as reference; random weights make this a lower bound);
 - ``torchvision``: torchvision's eager ``fcos_resnet50_fpn`` for tv_r50, when torch is importable.
 
 Weights are random but give a realistic number of NMS candidates (fcos.inference.synthetic_weights)
-unless ``--weights recipe=FILE`` is given. GFLOP counts every convolution of the network at the
+unless ``--weights recipe=FILE`` is given. "vs torchvision" divides torchvision's total time by the
+row's (tv_r50 rows, when torch is importable, e.g. ``.venv-ref/bin/python``). GFLOP counts every convolution of the network at the
 padded input size (2 x multiply-adds); "% peak" divides it by the end-to-end time and the machine's
 FP32 peak, measured with a large numpy matmul (or ``--peak-gflops``). The machine may be shared:
 the load average is printed with the table, and only runs measured side by side compare.
@@ -131,7 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--engines",
         nargs="+",
-        default=["dygraph", "paddle-onednn-fp32", "paddle-onednn-bf16", "onnxruntime", "torchvision"],
+        default=[
+            "dygraph",
+            "paddle-onednn-fp32",
+            "paddle-onednn-bf16",
+            "onnxruntime",
+            "openvino-fp32",
+            "onnxruntime-int8",
+            "openvino-int8",
+            "torchvision",
+        ],
     )
     ap.add_argument("--weights", nargs="+", default=[], metavar="RECIPE=FILE", help="real weights per recipe")
     ap.add_argument("--threads", type=int, default=0, help="math threads (0: all usable cores)")
@@ -139,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--peak-gflops", type=float, default=0.0, help="FP32 peak; 0: measure with a numpy matmul")
     ap.add_argument("--workdir", default=None, help="where exports go (default: a temporary directory)")
+    ap.add_argument("--calib-images", type=int, default=8, help="synthetic calibration images for the int8 rows")
     args = ap.parse_args(argv)
 
     threads = args.threads or max(
@@ -178,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         have_onnx = True
     except ImportError:
         have_onnx = False
+    from fcos.deploy.openvino_predictor import OpenVinoPredictor, openvino_available
+
+    have_openvino = openvino_available()
     try:
         import torchvision  # noqa: F401
 
@@ -205,10 +224,15 @@ def main(argv: list[str] | None = None) -> int:
         export_dir = os.path.join(workdir, recipe)
         export_model(det.model, cfg, export_dir, det.class_names, det.category_ids)
         onnx_file = None
-        if have_onnx and "onnxruntime" in args.engines:
+        onnx_engines = {"onnxruntime", "openvino-fp32", "onnxruntime-int8", "openvino-int8"}
+        if have_onnx and onnx_engines & set(args.engines):
             from fcos.export import export_onnx
 
             onnx_file = export_onnx(export_dir)
+        int8_dirs = {}
+        for backend in ("onnxruntime", "openvino"):
+            if f"{backend}-int8" in args.engines and onnx_file and (backend == "onnxruntime" or have_openvino):
+                int8_dirs[backend] = quantize_for_benchmark(export_dir, workdir, backend, args.calib_images, threads)
         for size in sizes:
             short, max_size = (int(v) for v in size.split("/"))
             from fcos.data.preprocess import preprocess
@@ -232,7 +256,27 @@ def main(argv: list[str] | None = None) -> int:
                 onnx = functools.partial(
                     OnnxPredictor, export_dir, onnx_file, cpu_threads=threads, target_size=short, max_size=max_size
                 )
-                cases.append(("onnxruntime", onnx, None))
+                if "onnxruntime" in args.engines:
+                    cases.append(("onnxruntime", onnx, None))
+                if have_openvino and "openvino-fp32" in args.engines:
+                    ov = functools.partial(
+                        OpenVinoPredictor,
+                        export_dir,
+                        onnx_file,
+                        cpu_threads=threads,
+                        target_size=short,
+                        max_size=max_size,
+                    )
+                    cases.append(("openvino-fp32", ov, None))
+            sized = {"cpu_threads": threads, "target_size": short, "max_size": max_size}
+            if "onnxruntime" in int8_dirs:
+                from fcos.deploy.onnx_predictor import OnnxPredictor
+
+                int8 = functools.partial(OnnxPredictor, int8_dirs["onnxruntime"], **sized)
+                cases.append(("onnxruntime-int8", int8, "paddle-onednn-fp32"))
+            if "openvino" in int8_dirs:
+                int8 = functools.partial(OpenVinoPredictor, int8_dirs["openvino"], **sized)
+                cases.append(("openvino-int8", int8, "paddle-onednn-fp32"))
             outputs = {}
             for name, make, ref in cases:
                 pred = make()
@@ -256,21 +300,51 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     print()
     print(
-        "| recipe | size | input | engine | pre ms | infer ms | post ms | total ms | FPS | GFLOP | % FP32 peak | params M | note |"
+        "| recipe | size | input | engine | pre ms | infer ms | post ms | total ms | FPS | GFLOP | % FP32 peak "
+        "| params M | vs torchvision | note |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    torch_ms = {
+        (r[0], r[1]): sum(r[4].values()) for r in rows if r[3] == "torchvision-eager"
+    }  # (recipe, size) -> total ms
     for row in rows:
-        print(_row(row, peak))
+        ref = torch_ms.get((row[0], row[1]))
+        print(_row(row, peak, ref))
     return 0
 
 
-def _row(row, peak: float) -> str:
+def quantize_for_benchmark(export_dir: str, workdir: str, backend: str, num_images: int, threads: int) -> str:
+    """tools/quantize.py's work on ``export_dir`` for ``backend``, calibrated on ``num_images`` synthetic
+    photo-like images (written under ``workdir/calib``); returns the int8 directory."""
+    import cv2
+
+    from fcos.deploy.quantize import quantize_export
+
+    calib = os.path.join(workdir, "calib")
+    os.makedirs(calib, exist_ok=True)
+    for i in range(num_images):
+        path = os.path.join(calib, f"{i:03d}.png")
+        if not os.path.isfile(path):
+            cv2.imwrite(path, make_image(seed=100 + i))
+    out = f"{export_dir}_int8_{backend}"
+    t0 = time.perf_counter()
+    report = quantize_export(
+        export_dir, calib, out, backend=backend, num_images=num_images, overwrite=True, progress=False,
+        cpu_threads=threads,
+    )  # fmt: skip
+    match = ", ".join(f"{r.rate:.0%} >= {r.min_score:g}" for r in report.match)
+    print(f"quantized {export_dir} for {backend} in {time.perf_counter() - t0:.0f} s (calibration match {match})")
+    return out
+
+
+def _row(row, peak: float, torch_ms: float | None = None) -> str:
     recipe, size, shape, name, med, gflop, params, note = row
     total = med["pre"] + med["infer"] + med["post"]
     pct = 100.0 * gflop / (total / 1e3) / peak if total > 0 else float("nan")
+    vs = f"{torch_ms / total:.2f}x" if torch_ms else ""
     return (
         f"| {recipe} | {size} | {shape} | {name} | {med['pre']:.1f} | {med['infer']:.1f} | {med['post']:.1f} | "
-        f"{total:.1f} | {1e3 / total:.2f} | {gflop:.1f} | {pct:.0f}% | {params:.1f} | {note} |"
+        f"{total:.1f} | {1e3 / total:.2f} | {gflop:.1f} | {pct:.0f}% | {params:.1f} | {vs} | {note} |"
     )
 
 
