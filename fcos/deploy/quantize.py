@@ -179,13 +179,22 @@ def _ensure_onnx(model_dir: str, work_dir: str) -> str:
         raise QuantizeError(f"{model_dir}: {e}") from e
 
 
+# Elementwise ops NNCF would otherwise quantize (residual and FPN adds, GroupNorm's MVN and affine,
+# upsampling, concatenation); ONNX Runtime's quantize_static leaves them in fp32 as well.
+_OPENVINO_FP32_TYPES = ["Add", "Multiply", "Subtract", "Divide", "MVN", "Interpolate", "Concat", "ReduceMean"]
+
+
 def quantize_openvino(onnx_file: str, feeds: Callable[[], Iterator[dict]], num: int, out_dir: str) -> tuple[str, list]:
     """NNCF post-training quantization of ``onnx_file`` (as an OpenVINO model): convolutions int8
-    (symmetric weights per output channel, activations per tensor), the final predictor convolutions
-    excluded. Writes ``out_dir/model.xml`` + ``.bin``; returns (file name, layers kept fp32)."""
+    (weights per output channel with 7-bit range ("overflow fix": CPUs without VNNI multiply u8 x s8
+    pairs with 16-bit saturation), activations per tensor, asymmetric, over the calibration min..max);
+    the final predictor convolutions, everything after them and elementwise ops stay fp32. Writes
+    ``out_dir/model.xml`` + ``.bin``; returns (file name, convolutions kept fp32)."""
     try:
         import nncf
         import openvino as ov
+        from nncf.quantization.advanced_parameters import OverflowFix
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
     except ImportError as e:
         raise QuantizeError('--backend openvino needs OpenVINO and NNCF: pip install "fcos-paddle[openvino]"') from e
     from fcos.deploy.openvino_predictor import read_openvino_model
@@ -198,8 +207,12 @@ def quantize_openvino(onnx_file: str, feeds: Callable[[], Iterator[dict]], num: 
     quantized = nncf.quantize(
         model,
         nncf.Dataset(_Reiterable(feeds, num)),
+        preset=nncf.QuantizationPreset.MIXED,
         subset_size=num,
-        ignored_scope=nncf.IgnoredScope(names=downstream(nodes, keep), validate=False),
+        ignored_scope=nncf.IgnoredScope(names=downstream(nodes, keep), types=_OPENVINO_FP32_TYPES, validate=False),
+        advanced_parameters=nncf.AdvancedQuantizationParameters(
+            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX, overflow_fix=OverflowFix.ENABLE
+        ),
     )
     ov.save_model(quantized, os.path.join(out_dir, "model.xml"), compress_to_fp16=False)
     return "model.xml", keep
@@ -231,8 +244,8 @@ class _Reader:
 def quantize_onnxruntime(
     onnx_file: str, feeds: Callable[[], Iterator[dict]], num: int, out_dir: str
 ) -> tuple[str, list]:
-    """ONNX Runtime static quantization (QDQ, per-channel int8 weights, uint8 activations, MinMax
-    calibration) of the convolutions, the final predictor convolutions excluded. Writes
+    """ONNX Runtime static quantization (QDQ, per-channel int8 weights in a 7-bit range, uint8
+    activations, MinMax calibration) of the convolutions, the final predictor convolutions excluded. Writes
     ``out_dir/model.onnx``; returns (file name, layers kept fp32)."""
     try:
         import onnx
@@ -255,6 +268,7 @@ def quantize_onnxruntime(
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        reduce_range=True,  # 7-bit weights: u8 x s8 on CPUs without VNNI saturates at 16 bits
         nodes_to_exclude=keep,
     )
     return "model.onnx", keep
