@@ -168,6 +168,8 @@ class OptimConfig:
     weight_decay: float = 1e-4
     weight_decay_norm: float = 0.0
     bias_lr_factor: float = 1.0
+    # LR factor on the biases of the head's tower convs only (PaddleDetection FCOSFeat: ConvNormLayer lr_scale 2.0)
+    tower_bias_lr_factor: float = 1.0
     clip_grad_norm: Optional[float] = None
     base_batch_size: int = 16  # batch the lr was tuned for; linear scaling rule when data.batch_size differs
     scale_lr: bool = True

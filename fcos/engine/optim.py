@@ -15,6 +15,7 @@ import paddle
 import paddle.nn as nn
 
 from fcos.config import Config
+from fcos.modeling.head import FCOSHead
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +81,27 @@ def build_lr_schedule(cfg: Config) -> LRSchedule:
     )
 
 
+def tower_conv_biases(model: nn.Layer) -> set[int]:
+    """ids of the conv biases in every FCOSHead's cls/bbox/share towers (not the predictors')."""
+    out: set[int] = set()
+    for layer in model.sublayers(include_self=True):
+        if isinstance(layer, FCOSHead):
+            for tower in (layer.cls_tower, layer.bbox_tower, layer.share_tower):
+                for sub in tower.sublayers():
+                    if isinstance(sub, nn.Conv2D) and sub.bias is not None:
+                        out.add(id(sub.bias))
+    return out
+
+
 def build_param_groups(model: nn.Layer, cfg: Config) -> list[dict]:
-    """Trainable parameters split into (decay, lr x1), (norm: weight_decay_norm), (bias: bias_lr_factor)."""
+    """Trainable parameters split by (weight decay, LR factor): norm layers' parameters get
+    ``optim.weight_decay_norm``, other biases ``optim.bias_lr_factor`` (detectron2), the head's tower conv biases
+    ``optim.tower_bias_lr_factor`` on top (PaddleDetection), everything else (``optim.weight_decay``, 1)."""
     norm_params: set[int] = set()
     for layer in model.sublayers(include_self=True):
         if isinstance(layer, _NORM_LAYERS) or type(layer).__name__ in ("FrozenBatchNorm2D", "FrozenBatchNorm"):
             norm_params.update(id(p) for p in layer.parameters(include_sublayers=False))
+    tower_biases = tower_conv_biases(model)
     o = cfg.optim
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
@@ -95,6 +111,8 @@ def build_param_groups(model: nn.Layer, cfg: Config) -> list[dict]:
         is_bias = name.endswith(".bias") or name.endswith("bias")
         wd = o.weight_decay_norm if is_norm else o.weight_decay
         lr_mult = o.bias_lr_factor if (is_bias and not is_norm) else 1.0
+        if id(p) in tower_biases:
+            lr_mult *= o.tower_bias_lr_factor
         groups.setdefault((wd, lr_mult), []).append(p)
     return [{"params": ps, "weight_decay": wd, "learning_rate": lr} for (wd, lr), ps in groups.items()]
 
