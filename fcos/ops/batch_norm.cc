@@ -43,6 +43,7 @@ BnDims GetBnDims(const paddle::Tensor& x) {
 }
 
 typedef float Float8 __attribute__((vector_size(32)));
+constexpr int64_t kParallelMin = 1 << 15;  // smaller tensors: one thread (a parallel region costs more)
 constexpr int64_t kBlock = 128;  // values per float run (4 x 8-lane accumulators: 4 additions per lane)
 
 #define FCOS_BN_LOAD8(dst, ptr) std::memcpy(&(dst), (ptr), sizeof(Float8))
@@ -170,7 +171,7 @@ std::vector<paddle::Tensor> BatchNormForward(const paddle::Tensor& x, const padd
   const int64_t planes = d.n * d.c;
   std::vector<double> s1(planes), s2(planes);
   // Pass 1, per (sample, channel) plane: shifted sums in double.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (planes * d.hw > kParallelMin)
   for (int64_t p = 0; p < planes; ++p) {
     const float k = px[(p % d.c) * d.hw];  // the shift: channel c's first value (sample 0)
     ShiftedSums(px + p * d.hw, d.hw, k, &s1[p], &s2[p]);
@@ -201,7 +202,7 @@ std::vector<paddle::Tensor> BatchNormForward(const paddle::Tensor& x, const padd
     shift[c] = static_cast<float>(static_cast<double>(beta[c]) - mean * a_c);
   }
   // Pass 2: y = x * alpha + shift.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (planes * d.hw > kParallelMin)
   for (int64_t p = 0; p < planes; ++p) {
     Affine(px + p * d.hw, py + p * d.hw, d.hw, alpha[p % d.c], shift[p % d.c]);
   }
@@ -229,7 +230,7 @@ std::vector<paddle::Tensor> BatchNormBackward(const paddle::Tensor& x, const pad
   float* pgb = grad_bias.data<float>();
   const int64_t planes = d.n * d.c;
   std::vector<double> s1(planes), s2(planes);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (planes * d.hw > kParallelMin)
   for (int64_t p = 0; p < planes; ++p) {
     GradSums(pdy + p * d.hw, px + p * d.hw, d.hw, pm[p % d.c], &s1[p], &s2[p]);
   }
@@ -249,7 +250,7 @@ std::vector<paddle::Tensor> BatchNormBackward(const paddle::Tensor& x, const pad
     kc[c] = static_cast<float>(g * r * sum_dy / count);
     muf[c] = pm[c];
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (planes * d.hw > kParallelMin)
   for (int64_t p = 0; p < planes; ++p) {
     const int64_t c = p % d.c;
     GradInput(pdy + p * d.hw, px + p * d.hw, pdx + p * d.hw, d.hw, ka[c], kx[c], muf[c], kc[c]);
