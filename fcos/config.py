@@ -157,6 +157,10 @@ class DataConfig:
     num_workers: int = 4  # DataLoader worker processes; 0 loads in the training process
     use_shared_memory: bool = True  # hand batches over through /dev/shm (switched off automatically when too small)
     flip_prob: float = 0.5
+    # train split: leave out images without (non-crowd) boxes, as detectron2 (FILTER_EMPTY_ANNOTATIONS), torchvision's
+    # recipe (_coco_remove_images_without_annotations) and PaddleDetection (allow_empty False) do; False keeps them
+    # as background images
+    drop_images_without_boxes: bool = False
     albumentations: list[dict[str, Any]] = field(default_factory=list)  # [{name: Blur, p: 0.1, ...}]
     check_on_start: bool = True  # run the dataset checks before training
 

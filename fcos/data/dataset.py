@@ -48,6 +48,7 @@ class DetectionDataset(paddle.io.Dataset):
         flip_prob: probability of a horizontal flip (train mode).
         albumentations: ``[{name: ClassName, **kwargs}, ...]`` (or a built transform), train mode only.
         class_names: if given, must equal the JSON category names in label order (catches mix-ups).
+        drop_images_without_boxes: train mode: index only the images that have boxes (the references' rule).
 
     ``dataset[i]`` or ``dataset[(i, aug_seed)]`` returns a :class:`Sample` (or None in test mode when
     the image file is unreadable: the loader leaves it out and logs its path). In train mode an
@@ -63,6 +64,7 @@ class DetectionDataset(paddle.io.Dataset):
         flip_prob: float = 0.5,
         albumentations: Optional[Union[list[dict[str, Any]], AlbumentationsTransform]] = None,
         class_names: Optional[list[str]] = None,
+        drop_images_without_boxes: bool = False,
     ) -> None:
         super().__init__()
         self.split = split
@@ -75,6 +77,18 @@ class DetectionDataset(paddle.io.Dataset):
         else:
             self.album = build_albumentations(albumentations) if (train and albumentations) else None
         self._bad: set[int] = set()
+        # dataset position -> image index of the COCO file
+        self._index = list(range(len(self.coco)))
+        if self.train and drop_images_without_boxes:
+            self._index = [i for i in self._index if len(self.coco.get_record(i)["boxes"]) > 0]
+            dropped = len(self.coco) - len(self._index)
+            if dropped:
+                logger.info(
+                    "%s: %d of %d images have no boxes and are left out of training",
+                    split.ann_file,
+                    dropped,
+                    len(self.coco),
+                )
 
     # -- metadata -------------------------------------------------------------------------------
     @property
@@ -90,7 +104,7 @@ class DetectionDataset(paddle.io.Dataset):
         return self.coco.num_classes
 
     def __len__(self) -> int:
-        return len(self.coco)
+        return len(self._index)
 
     # -- samples --------------------------------------------------------------------------------
     def __getitem__(self, key: Key) -> Optional[Sample]:
@@ -102,19 +116,19 @@ class DetectionDataset(paddle.io.Dataset):
 
     def get(self, index: int, rng: Optional[np.random.Generator] = None) -> Optional[Sample]:
         """Sample ``index``; ``rng`` drives the train-mode augmentation (default: seeded by ``index``)."""
-        n = len(self.coco)
+        n = len(self._index)
         if not 0 <= index < n:
             raise IndexError(f"{self.split.ann_file}: index {index} out of range for {n} images")
         if rng is None:
             rng = np.random.default_rng(index)
         if not self.train:
             try:
-                return self._make(index, rng)
+                return self._make(self._index[index], rng)
             except ImageReadError as e:
-                self._warn_bad(index, e)
+                self._warn_bad(self._index[index], e)
                 return None
         for k in range(n):  # train: fall back to the next readable image, the same one on every run
-            j = (index + k) % n
+            j = self._index[(index + k) % n]
             try:
                 return self._make(j, rng)
             except ImageReadError as e:

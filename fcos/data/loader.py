@@ -270,6 +270,7 @@ def build_train_dataset(cfg: Config) -> DetectionDataset:
         flip_prob=cfg.data.flip_prob,
         albumentations=cfg.data.albumentations or None,
         class_names=cfg.data.class_names or None,
+        drop_images_without_boxes=cfg.data.drop_images_without_boxes,
     )
     _check_num_classes(ds, cfg)
     return ds
