@@ -199,6 +199,7 @@ def quantize_openvino(onnx_file: str, feeds: Callable[[], Iterator[dict]], num: 
         raise QuantizeError('--backend openvino needs OpenVINO and NNCF: pip install "fcos-paddle[openvino]"') from e
     from fcos.deploy.openvino_predictor import read_openvino_model
 
+    nncf.set_log_level(logging.WARNING)  # otherwise one INFO line per op it leaves alone
     model = read_openvino_model(onnx_file)
     nodes = _openvino_nodes(model)
     keep = final_convs(nodes)
