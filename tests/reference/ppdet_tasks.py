@@ -218,7 +218,7 @@ def _train_reader_ops(config: str = FCOS_R50_MS_2X) -> list:
 
 
 def train_reader_config(ctx: dict, config: str = FCOS_R50_MS_2X) -> dict:
-    """The TrainReader sample_transforms (names and arguments) and its batch size / drop_last."""
+    """The TrainReader sample_transforms (names and arguments), its batch size, drop_last and PadBatch stride."""
     from ppdet.core.workspace import load_config
 
     cfg = load_config(config if os.path.isabs(config) else os.path.join(PPDET_SRC, config))
@@ -226,6 +226,12 @@ def train_reader_config(ctx: dict, config: str = FCOS_R50_MS_2X) -> dict:
         "ops": [[name, args] for name, args in _train_reader_ops(config)],
         "batch_size": int(cfg["TrainReader"]["batch_size"]),
         "drop_last": bool(cfg["TrainReader"].get("drop_last", False)),
+        "pad_to_stride": [
+            int(args["pad_to_stride"])
+            for op in cfg["TrainReader"]["batch_transforms"]
+            for name, args in op.items()
+            if name == "PadBatch"
+        ],
     }
 
 
