@@ -43,7 +43,9 @@ BnDims GetBnDims(const paddle::Tensor& x) {
 }
 
 typedef float Float8 __attribute__((vector_size(32)));
-constexpr int64_t kParallelMin = 1 << 15;  // smaller tensors: one thread (a parallel region costs more)
+// Threads only for large maps (DLA-34: the full- and half-resolution ones): under load, waking and
+// joining the OpenMP team costs more than the memory-bound loops of a smaller map take on one thread.
+constexpr int64_t kParallelMin = 1 << 22;
 constexpr int64_t kBlock = 128;  // values per float run (4 x 8-lane accumulators: 4 additions per lane)
 
 #define FCOS_BN_LOAD8(dst, ptr) std::memcpy(&(dst), (ptr), sizeof(Float8))
@@ -147,6 +149,11 @@ __attribute__((target_clones("avx2", "default"))) void GradInput(const float* dy
 
 }  // namespace
 
+static void ChannelStats(const BnDims& d, int64_t count, const float* px, const float* gamma, const float* beta,
+                  const float* rm, const float* rv, float momentum, float epsilon, const std::vector<double>& s1,
+                  const std::vector<double>& s2, float* pm, float* pr, float* prm, float* prv,
+                  std::vector<float>& alpha, std::vector<float>& shift);
+
 std::vector<paddle::Tensor> BatchNormForward(const paddle::Tensor& x, const paddle::Tensor& scale,
                                              const paddle::Tensor& bias, const paddle::Tensor& running_mean,
                                              const paddle::Tensor& running_var, float momentum, float epsilon) {
@@ -170,13 +177,32 @@ std::vector<paddle::Tensor> BatchNormForward(const paddle::Tensor& x, const padd
   float* prv = var_out.data<float>();
   const int64_t planes = d.n * d.c;
   std::vector<double> s1(planes), s2(planes);
-  // Pass 1, per (sample, channel) plane: shifted sums in double.
-#pragma omp parallel for schedule(static) if (planes * d.hw > kParallelMin)
-  for (int64_t p = 0; p < planes; ++p) {
-    const float k = px[(p % d.c) * d.hw];  // the shift: channel c's first value (sample 0)
-    ShiftedSums(px + p * d.hw, d.hw, k, &s1[p], &s2[p]);
-  }
   std::vector<float> alpha(d.c), shift(d.c);
+  // One parallel region (each one costs a wake-up of the other threads): per-plane sums, the
+  // per-channel statistics on one thread, then the output.
+#pragma omp parallel if (planes * d.hw > kParallelMin)
+  {
+    // Pass 1, per (sample, channel) plane: shifted sums.
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < planes; ++p) {
+      const float k = px[(p % d.c) * d.hw];  // the shift: channel c's first value (sample 0)
+      ShiftedSums(px + p * d.hw, d.hw, k, &s1[p], &s2[p]);
+    }
+#pragma omp single
+    ChannelStats(d, count, px, gamma, beta, rm, rv, momentum, epsilon, s1, s2, pm, pr, prm, prv, alpha, shift);
+    // Pass 2: y = x * alpha + shift.
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < planes; ++p) {
+      Affine(px + p * d.hw, py + p * d.hw, d.hw, alpha[p % d.c], shift[p % d.c]);
+    }
+  }
+  return {y, mean_out, var_out, saved_mean, saved_rstd};
+}
+
+static void ChannelStats(const BnDims& d, int64_t count, const float* px, const float* gamma, const float* beta,
+                  const float* rm, const float* rv, float momentum, float epsilon, const std::vector<double>& s1,
+                  const std::vector<double>& s2, float* pm, float* pr, float* prm, float* prv,
+                  std::vector<float>& alpha, std::vector<float>& shift) {
   for (int64_t c = 0; c < d.c; ++c) {
     double a = 0.0, b = 0.0;
     for (int64_t n = 0; n < d.n; ++n) {
@@ -201,12 +227,6 @@ std::vector<paddle::Tensor> BatchNormForward(const paddle::Tensor& x, const padd
     alpha[c] = static_cast<float>(a_c);
     shift[c] = static_cast<float>(static_cast<double>(beta[c]) - mean * a_c);
   }
-  // Pass 2: y = x * alpha + shift.
-#pragma omp parallel for schedule(static) if (planes * d.hw > kParallelMin)
-  for (int64_t p = 0; p < planes; ++p) {
-    Affine(px + p * d.hw, py + p * d.hw, d.hw, alpha[p % d.c], shift[p % d.c]);
-  }
-  return {y, mean_out, var_out, saved_mean, saved_rstd};
 }
 
 // With xhat = (x - mu) * r over the M = N * H * W values of a channel:
@@ -230,30 +250,33 @@ std::vector<paddle::Tensor> BatchNormBackward(const paddle::Tensor& x, const pad
   float* pgb = grad_bias.data<float>();
   const int64_t planes = d.n * d.c;
   std::vector<double> s1(planes), s2(planes);
-#pragma omp parallel for schedule(static) if (planes * d.hw > kParallelMin)
-  for (int64_t p = 0; p < planes; ++p) {
-    GradSums(pdy + p * d.hw, px + p * d.hw, d.hw, pm[p % d.c], &s1[p], &s2[p]);
-  }
   // dx = a * dy - k * (x - mu) - c
-  std::vector<float> ka(d.c), kx(d.c), kc(d.c), muf(d.c);
-  for (int64_t c = 0; c < d.c; ++c) {
-    double sum_dy = 0.0, sum_dyx = 0.0;
-    for (int64_t n = 0; n < d.n; ++n) {
-      sum_dy += s1[n * d.c + c];
-      sum_dyx += s2[n * d.c + c];
+  std::vector<float> ka(d.c), kx(d.c), kc(d.c);
+#pragma omp parallel if (planes * d.hw > kParallelMin)
+  {
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < planes; ++p) {
+      GradSums(pdy + p * d.hw, px + p * d.hw, d.hw, pm[p % d.c], &s1[p], &s2[p]);
     }
-    const double r = pr[c], g = gamma[c];
-    pgb[c] = static_cast<float>(sum_dy);
-    pgs[c] = static_cast<float>(r * sum_dyx);
-    ka[c] = static_cast<float>(g * r);
-    kx[c] = static_cast<float>(g * r * r * r * sum_dyx / count);
-    kc[c] = static_cast<float>(g * r * sum_dy / count);
-    muf[c] = pm[c];
-  }
-#pragma omp parallel for schedule(static) if (planes * d.hw > kParallelMin)
-  for (int64_t p = 0; p < planes; ++p) {
-    const int64_t c = p % d.c;
-    GradInput(pdy + p * d.hw, px + p * d.hw, pdx + p * d.hw, d.hw, ka[c], kx[c], muf[c], kc[c]);
+#pragma omp single
+    for (int64_t c = 0; c < d.c; ++c) {
+      double sum_dy = 0.0, sum_dyx = 0.0;
+      for (int64_t n = 0; n < d.n; ++n) {
+        sum_dy += s1[n * d.c + c];
+        sum_dyx += s2[n * d.c + c];
+      }
+      const double r = pr[c], g = gamma[c];
+      pgb[c] = static_cast<float>(sum_dy);
+      pgs[c] = static_cast<float>(r * sum_dyx);
+      ka[c] = static_cast<float>(g * r);
+      kx[c] = static_cast<float>(g * r * r * r * sum_dyx / count);
+      kc[c] = static_cast<float>(g * r * sum_dy / count);
+    }
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < planes; ++p) {
+      const int64_t c = p % d.c;
+      GradInput(pdy + p * d.hw, px + p * d.hw, pdx + p * d.hw, d.hw, ka[c], kx[c], pm[c], kc[c]);
+    }
   }
   return {grad_x, grad_scale, grad_bias};
 }
