@@ -4,6 +4,8 @@ OpenVINO, fp32 / bf16 / int8.
     python benchmarks/latency.py --quick                 # one recipe and size, a few runs (about a minute)
     python benchmarks/latency.py                         # the full table (tens of minutes on 2 cores)
     python benchmarks/latency.py --recipes rt_r50 --sizes 512/736 --repeats 10 --threads 2
+    .venv-ref/bin/python benchmarks/latency.py --recipes rt_dla34 rt_r50 tv_r50@512/736 --engines paddle-onednn-fp32 \
+        onnxruntime openvino-fp32 onnxruntime-int8 openvino-int8 torchvision      # the int8 table of the README
 
 For every recipe (configs/<recipe>.yml) and size (short/max) it times, on one synthetic 480x640
 photo-like image, median milliseconds of pre-processing (resize, normalise, pad), inference (network,
@@ -171,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup, args.repeats = 1, 3
     else:
         recipes = args.recipes or list(DEFAULT_PLAN)
-        plan = {r: (args.sizes or DEFAULT_PLAN.get(r, ["512/736"])) for r in recipes}
+        plan = {}
+        for r in recipes:  # "tv_r50@512/736,800/1333" picks sizes for one recipe
+            name, _, sizes = r.partition("@")
+            plan[name] = sizes.split(",") if sizes else (args.sizes or DEFAULT_PLAN.get(name, ["512/736"]))
     weights = dict(w.split("=", 1) for w in args.weights)
 
     peak = args.peak_gflops or measure_peak_gflops(threads)
