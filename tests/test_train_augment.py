@@ -32,21 +32,33 @@ def _cfg(rule: str, shorts: list[int], max_size: int) -> InputConfig:
 @pytest.mark.parametrize("flip", [False, True])
 def test_resize_then_flip_box_math(rule: str, flip: bool) -> None:
     """101x203 image, short side 50: round -> 50x100 (203 * 50 / 101 = 100.495), floor -> 50x100 as well; boxes
-    scale by (100 / 203, 50 / 101), then x -> 100 - x; a box past the right border is clipped, an empty one dropped."""
+    scale by (100 / 203, 50 / 101), then x -> 100 - x; a box past the right border is clipped, an empty one dropped,
+    a very thin one kept."""
     img = np.zeros((101, 203, 3), np.uint8)
-    boxes = np.array([[10.0, 20.0, 50.0, 60.0], [150.0, 0.0, 203.0, 101.0], [7.0, 7.0, 7.0, 9.0]], np.float32)
+    boxes = np.array(
+        [[10.0, 20.0, 50.0, 60.0], [150.0, 0.0, 203.0, 101.0], [7.0, 7.0, 7.0, 9.0], [90.0, 9.0, 90.001, 19.0]],
+        np.float32,
+    )
     out, b, labels, (sy, sx) = train_transform(
-        img, boxes, np.array([1, 2, 3]), np.random.default_rng(0), _cfg(rule, [50], 1000), 1.0 if flip else 0.0
+        img, boxes, np.array([1, 2, 3, 4]), np.random.default_rng(0), _cfg(rule, [50], 1000), 1.0 if flip else 0.0
     )
     assert out.shape == (3, 50, 100)
     assert (sy, sx) == pytest.approx((50 / 101, 100 / 203))
     fx, fy = np.float32(100 / 203), np.float32(50 / 101)
-    want = np.array([[10 * fx, 20 * fy, 50 * fx, 60 * fy], [150 * fx, 0.0, 203 * fx, 101 * fy]], np.float32)
+    x1, x2 = np.float32(90.0), np.float32(90.001)  # 5e-4 px wide after resizing: kept (detectron2 drops <= 1e-5)
+    want = np.array(
+        [
+            [10 * fx, 20 * fy, 50 * fx, 60 * fy],
+            [150 * fx, 0.0, 203 * fx, 101 * fy],
+            [x1 * fx, 9 * fy, x2 * fx, 19 * fy],
+        ],
+        np.float32,
+    )
     if flip:
         want[:, [0, 2]] = 100 - want[:, [2, 0]]
     want = np.clip(want, 0, [100, 50, 100, 50])
     np.testing.assert_allclose(b, want, rtol=0, atol=1e-4)
-    assert labels.tolist() == [1, 2]
+    assert labels.tolist() == [1, 2, 4]
 
 
 @pytest.mark.parametrize("rule", list(_RULES))
