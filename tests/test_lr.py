@@ -198,3 +198,14 @@ def test_momentum_step_by_hand():
     v2 = 0.9 * v1 + g2 + 1e-4 * p1
     p2 = p1 - 0.05 * v2
     np.testing.assert_allclose(w.numpy(), p2, rtol=0, atol=1e-6)
+
+
+def test_bias_lr_factor_on_every_bias_like_detectron2():
+    """detectron2 get_default_optimizer_params: the "bias" override (lr x BIAS_LR_FACTOR) applies to norm biases
+    too; their decay stays weight_decay_norm."""
+    model, cfg = _tiny({"bias_lr_factor": 2.0, "weight_decay": 1e-4, "weight_decay_norm": 0.0})
+    g = _groups_by_name(model, cfg)
+    assert g["head.cls_tower.1.bias"] == (2.0, 0.0)  # GroupNorm bias
+    assert g["head.cls_tower.1.weight"] == (1.0, 0.0)
+    assert g["head.cls_tower.0.bias"] == (2.0, 1e-4)
+    assert g["head.cls_logits.weight"] == (1.0, 1e-4)

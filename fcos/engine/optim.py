@@ -95,7 +95,7 @@ def tower_conv_biases(model: nn.Layer) -> set[int]:
 
 def build_param_groups(model: nn.Layer, cfg: Config) -> list[dict]:
     """Trainable parameters split by (weight decay, LR factor): norm layers' parameters get
-    ``optim.weight_decay_norm``, other biases ``optim.bias_lr_factor`` (detectron2), the head's tower conv biases
+    ``optim.weight_decay_norm``, every bias ``optim.bias_lr_factor`` (detectron2), the head's tower conv biases
     ``optim.tower_bias_lr_factor`` on top (PaddleDetection), everything else (``optim.weight_decay``, 1)."""
     norm_params: set[int] = set()
     for layer in model.sublayers(include_self=True):
@@ -110,7 +110,7 @@ def build_param_groups(model: nn.Layer, cfg: Config) -> list[dict]:
         is_norm = id(p) in norm_params
         is_bias = name.endswith(".bias") or name.endswith("bias")
         wd = o.weight_decay_norm if is_norm else o.weight_decay
-        lr_mult = o.bias_lr_factor if (is_bias and not is_norm) else 1.0
+        lr_mult = o.bias_lr_factor if is_bias else 1.0  # detectron2: every parameter named "bias", norms' too
         if id(p) in tower_biases:
             lr_mult *= o.tower_bias_lr_factor
         groups.setdefault((wd, lr_mult), []).append(p)

@@ -245,6 +245,30 @@ def test_solver_equals_detectron2(adelaidet_model, recipe: str) -> None:
     print(f"\n{recipe} vs detectron2 solver: {info}, {time.time() - t0:.1f} s")
 
 
+def test_bias_lr_factor_groups_equal_detectron2() -> None:
+    """SOLVER.BIAS_LR_FACTOR 2 (no recipe sets it): detectron2 gives every parameter named "bias" the factor,
+    normalisation biases included (their decay stays WEIGHT_DECAY_NORM); so does optim.bias_lr_factor."""
+    from adelaidet_models import adelaidet_cfg, build_adelaidet_model
+    from detectron2.solver import build_optimizer as d2_build_optimizer
+
+    from fcos.checkpoint.convert_adelaidet import convert_adelaidet
+
+    recipe = "rt_dla34"
+    cfg_ref = adelaidet_cfg(recipe).clone()
+    cfg_ref.defrost()
+    cfg_ref.SOLVER.BIAS_LR_FACTOR = 2.0
+    ref = build_adelaidet_model(recipe, seed=0)
+    conv = convert_adelaidet(_numpy_state(ref), recipe_config(recipe))
+    opt_ref = d2_build_optimizer(cfg_ref, ref)
+    names = {id(p): n for n, p in ref.named_parameters()}
+    base = cfg_ref.SOLVER.BASE_LR
+    ref_groups = {names[id(p)]: (g["lr"] / base, g["weight_decay"]) for g in opt_ref.param_groups for p in g["params"]}
+    cfg = recipe_config(recipe, ["optim.bias_lr_factor=2.0"])
+    model = _our_model_from(conv.state, cfg)
+    info = _compare_groups(recipe, ref_groups, _our_groups(model, cfg), dict(conv.mapped), set(ref_groups))
+    assert (2.0, 0.0) in info["groups"] and (2.0, 1e-4) in info["groups"]
+
+
 # --------------------------------------------------------------------------------------------
 # torchvision references/detection
 # --------------------------------------------------------------------------------------------
