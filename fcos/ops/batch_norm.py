@@ -33,9 +33,9 @@ GPU (nothing here runs there): Paddle's CUDA ``batch_norm`` on 4-D NCHW inputs c
 of x and x^2, E[x^2] - E[x]^2) only run for 2-D/3-D inputs with very large batches. cuDNN, like torch's
 CUDA kernel (Welford per thread, merged in a tree), reduces over thousands of threads and then a tree,
 so each value passes through O(log M) float additions instead of the O(M / lanes) of a sequential CPU
-loop: the statistics stay at float rounding. torch's CUDA BatchNorm hands its running buffers to the
-same cuDNN call and documents an unbiased running variance, so Paddle on GPU updates them as torch
-does. ``SyncBatchNorm`` (multi-GPU CUDA only) takes per-channel float sums of x and x^2 in
+loop: the statistics stay at float rounding. torch documents an unbiased running variance and, when
+it runs BatchNorm through cuDNN, lets this same cuDNN call update its running buffers, so Paddle on GPU
+updates them as torch does. ``SyncBatchNorm`` (multi-GPU CUDA only) takes per-channel float sums of x and x^2 in
 block-parallel tree reductions, all-reduces them and uses E[x^2] - E[x]^2: its relative error is about
 float epsilon * (1 + mean^2 / var), small for conv outputs whose mean is not many standard deviations
 from zero; its running variance is the biased one (a difference from torch left to the GPU path).
