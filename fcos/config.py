@@ -73,6 +73,9 @@ class AssignerConfig:
     sizes_of_interest: list[float] = field(default_factory=lambda: [64.0, 128.0])
     inclusive_bounds: bool = True  # AdelaiDet: lo <= max(ltrb) <= hi; PaddleDetection/torchvision: lo < m < hi
     center_sampling_radius: float = 1.5  # 0 disables center sampling
+    # > 0: rank candidate boxes by float32(area_rank_offset - area) as torchvision does with 1e8 (areas within
+    # float32 rounding there, 8 px^2, tie and the first box wins); 0: exact smallest area (AdelaiDet, PaddleDetection)
+    area_rank_offset: float = 0.0
 
 
 @dataclass

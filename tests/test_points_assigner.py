@@ -92,6 +92,26 @@ def test_point_in_two_boxes_min_area_wins_and_ties_take_first():
     assert labels.numpy()[0, i] == 1
 
 
+def test_area_rank_offset_ties_areas_within_float32_rounding():
+    """torchvision ranks candidates by float32(1e8 - area): 1e8 - 10000 = 99990000 and 1e8 - 9999 round to the
+    same float32 (spacing 8 there), so the first box wins; 9992 (one spacing further) still wins as the smaller."""
+    strides = [8]
+    points = compute_points([(8, 8)], strides, offset=0.5)
+    i = _index(points, 0, 20, 20)
+    a = [0, 0, 100, 100]  # area 10000
+    b = [1, 0, 100, 101]  # area 99 * 101 = 9999
+    c = [2, 0, 100, 101.959183]  # area 98 * 101.959183 = 9992.0 (float32)
+    for offset, boxes, winner in [
+        (0.0, [a, b], 1),  # exact smallest area (AdelaiDet, PaddleDetection)
+        (1e8, [a, b], 0),  # a float32 tie: the first box
+        (1e8, [b, a], 0),
+        (1e8, [a, c], 1),  # 8 px^2 apart: distinct after rounding
+    ]:
+        cfg = AssignerConfig(sizes_of_interest=[], center_sampling_radius=0.0, area_rank_offset=offset)
+        labels, _ = assign_targets(points, strides, [_target(boxes, [0, 1])], cfg, 2, norm_reg_targets=False)
+        assert labels.numpy()[0, i] == winner, (offset, boxes)
+
+
 def test_center_sampling_box_touching_border():
     strides = [8]
     points = compute_points([(4, 16)], strides, offset=0.5)  # x in 4..124, y in 4..28

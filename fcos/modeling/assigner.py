@@ -5,7 +5,9 @@ A point p on level l with stride s is a positive for gt box g when
      half-side r*s around the center of g, clipped to g;
   2. m = max(l, t, r, b) of p w.r.t. g lies in the level's size range: lo <= m <= hi
      (``inclusive_bounds``, AdelaiDet / mmdet) or lo < m < hi (PaddleDetection / torchvision).
-Among several matching boxes the one with the smallest area wins (ties: the first box).
+Among several matching boxes the one with the smallest area wins (ties: the first box); with
+``area_rank_offset`` (torchvision: 1e8) areas are compared as float32(offset - area), so areas within float32
+rounding of each other at that offset tie.
 Ranges come from ``sizes_of_interest`` [a, b, ...]: [-1, a], [a, b], ..., [last, INF].
 """
 
@@ -81,7 +83,13 @@ def _assign_single_image(
     else:
         in_range = (max_side > lo) & (max_side < hi)
 
-    areas = ((x2 - x1) * (y2 - y1)).unsqueeze(0).expand([num_points, boxes.shape[0]])  # (P,M)
+    areas = (x2 - x1) * (y2 - y1)  # (M,) float32
+    if cfg.area_rank_offset > 0:
+        # torchvision (FCOS.compute_loss) takes the max of float32(1e8 - area): areas that round to the same value
+        # there tie, and the first box wins. Ranking by offset - float32(offset - area) reproduces that exactly.
+        offset = paddle.full_like(areas, float(cfg.area_rank_offset))
+        areas = offset - (offset - areas)
+    areas = areas.unsqueeze(0).expand([num_points, boxes.shape[0]])  # (P,M)
     candidate_areas = paddle.where(in_region & in_range, areas, paddle.full_like(areas, INF))
     min_area = candidate_areas.min(axis=1)  # (P,)
     gt_index = candidate_areas.argmin(axis=1)  # first minimum on ties
