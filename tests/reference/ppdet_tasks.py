@@ -34,8 +34,8 @@ def _model(ctx: dict, name: str) -> Any:
 
 def randomize_fcos(model: Any, seed: int) -> None:
     """Seeded random weights that give many detections of varied sizes: BN statistics and affine parameters,
-    GN affine, tower/FPN biases, per-level scales (so a level mix-up shows), and the predictors (class
-    logits around sigmoid 0.1-0.5, boxes a few strides wide)."""
+    GN affine, tower/FPN biases, per-level scales (so a level mix-up shows), and the predictors (the same rules as
+    ``adelaidet_models.randomize_fcos``: scores below saturation, boxes about 5 strides wide)."""
     import paddle
 
     rng = np.random.RandomState(seed)
@@ -50,16 +50,18 @@ def randomize_fcos(model: Any, seed: int) -> None:
             new[key] = rng.rand(*shape) * 0.5 + 0.75
         elif ".norm." in key or key.endswith("_norm.weight") or key.endswith("_norm.bias") or "bn" in key:
             new[key] = (rng.rand(*shape) * 0.5 + 0.75) if key.endswith("weight") else rng.randn(*shape) * 0.1
-        elif key.startswith("fcos_head.fcos_head_cls."):
-            new[key] = rng.randn(*shape) * (0.03 if key.endswith("weight") else 0.5) - (
-                0 if key.endswith("weight") else 1.0
-            )
-        elif key.startswith("fcos_head.fcos_head_reg."):
-            new[key] = (
-                rng.randn(*shape) * 0.03 if key.endswith("weight") else np.full(shape, 1.5) + rng.randn(*shape) * 0.3
-            )
-        elif key.startswith("fcos_head.fcos_head_centerness."):
-            new[key] = rng.randn(*shape) * 0.03 if key.endswith("weight") else rng.randn(*shape) * 0.3
+        elif key == "fcos_head.fcos_head_cls.weight":
+            new[key] = rng.randn(*shape) * 0.03
+        elif key == "fcos_head.fcos_head_cls.bias":  # a low prior keeps the sigmoid unsaturated: scores spread
+            new[key] = rng.randn(*shape) * 0.5 - 4.5
+        elif key == "fcos_head.fcos_head_reg.weight":
+            new[key] = rng.randn(*shape) * 0.03
+        elif key == "fcos_head.fcos_head_reg.bias":  # boxes ~5 strides wide, no degenerate (ReLU'd to 0) sides
+            new[key] = rng.randn(*shape) * 0.5 + 2.5
+        elif key == "fcos_head.fcos_head_centerness.weight":
+            new[key] = rng.randn(*shape) * 0.03
+        elif key == "fcos_head.fcos_head_centerness.bias":
+            new[key] = rng.randn(*shape) * 0.3
         elif key.endswith(".scale_reg"):  # fcos_head.p{3..7}_feat.scale_reg
             new[key] = rng.rand(*shape) * 0.5 + 0.75
         elif key.endswith(".bias"):
