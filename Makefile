@@ -29,7 +29,7 @@ demo: $(STAMP)  ## synthetic data -> train -> evaluate -> export -> deploy on im
 test: $(STAMP)  ## the CI test suite
 	$(PYTHON) -m pytest -q tests
 
-test-reference: $(STAMP)  ## parity against torchvision / timm (creates .venv-ref with torch; slow)
+test-reference: $(STAMP)  ## parity with torchvision/timm, AdelaiDet (detectron2) and PaddleDetection (builds .venv-ref, .venv-ppdet, .ref/ on first use; slow)
 	bash tests/reference/run.sh
 
 test-gui: $(STAMP)  ## infer.py --show in a real OpenCV window on Xvfb (installs xvfb/xdotool, creates .venv-gui)
