@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-gflops", type=float, default=0.0, help="FP32 peak; 0: measure with a numpy matmul")
     ap.add_argument("--workdir", default=None, help="where exports go (default: a temporary directory)")
     ap.add_argument("--calib-images", type=int, default=8, help="synthetic calibration images for the int8 rows")
+    ap.add_argument(
+        "--reuse-int8", action="store_true", help="keep int8 models already in --workdir (same seeded random weights)"
+    )
     args = ap.parse_args(argv)
 
     threads = args.threads or max(
@@ -237,7 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         int8_dirs = {}
         for backend in ("onnxruntime", "openvino"):
             if f"{backend}-int8" in args.engines and onnx_file and (backend == "onnxruntime" or have_openvino):
-                int8_dirs[backend] = quantize_for_benchmark(export_dir, workdir, backend, args.calib_images, threads)
+                out = f"{export_dir}_int8_{backend}"
+                if args.reuse_int8 and os.path.isfile(os.path.join(out, "infer_cfg.yml")) and recipe not in weights:
+                    int8_dirs[backend] = out
+                else:
+                    int8_dirs[backend] = quantize_for_benchmark(
+                        export_dir, workdir, backend, args.calib_images, threads
+                    )
         for size in sizes:
             short, max_size = (int(v) for v in size.split("/"))
             from fcos.data.preprocess import preprocess
