@@ -202,3 +202,34 @@ def test_class_count_mismatch_raises():
     tensors = [paddle.to_tensor(a) for a in _toy_batch()]
     with pytest.raises(ValueError, match="num_classes"):
         fcos_losses(*tensors, cfg=LossConfig(), num_classes=3)
+
+
+def test_normalisers_use_the_device_mean_when_reduced(monkeypatch):
+    """AdelaiDet all-reduces num_pos and the centerness-target sum (mean over devices, num_pos clamped >= 1) and
+    divides every local sum by them; PaddleDetection/torchvision normalise per device. A second device is simulated
+    by an all_reduce_mean that averages with another rank's value (num_pos 6, ctr sum 5), as
+    fcos.utils.dist.all_reduce_mean does with two processes (tests/test_dist.py)."""
+    other = {2.0: 6.0}  # local num_pos 2 -> the other rank has 6 positives
+    ctr_t = [math.sqrt((1 / 2) * (2 / 3)), 1.0]
+    local_ctr = ctr_t[0] + ctr_t[1]
+    seen = []
+
+    def fake_mean(value):
+        v = float(value)
+        seen.append(v)
+        partner = other.get(v, 5.0)  # the centerness sum of the other rank
+        return paddle.to_tensor((v + partner) / 2.0, dtype="float32")
+
+    monkeypatch.setattr("fcos.modeling.losses.all_reduce_mean", fake_mean)
+    tensors = [paddle.to_tensor(a) for a in _toy_batch()]
+    out = fcos_losses(*tensors, cfg=LossConfig(), num_classes=2)
+    assert seen == [2.0, pytest.approx(local_ctr)]
+    exp_cls, exp_box, exp_ctr = _expected_toy(LossConfig())
+    num_pos_mean = (2.0 + 6.0) / 2
+    assert out["loss_cls"].item() == pytest.approx(exp_cls * 2.0 / num_pos_mean, rel=1e-5)
+    assert out["loss_ctr"].item() == pytest.approx(exp_ctr * 2.0 / num_pos_mean, rel=1e-5)
+    assert out["loss_box"].item() == pytest.approx(exp_box * local_ctr / ((local_ctr + 5.0) / 2), rel=1e-5)
+    seen.clear()
+    per_device = fcos_losses(*tensors, cfg=LossConfig(reduce_across_devices=False), num_classes=2)
+    assert seen == []  # per-device normalisers never reduce
+    assert per_device["loss_cls"].item() == pytest.approx(exp_cls, rel=1e-5)
