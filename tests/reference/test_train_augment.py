@@ -44,7 +44,8 @@ SIZES = [(480, 640), (640, 427), (300, 1000)]
 
 
 def _boxes(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """xyxy boxes: ordinary, touching the right/bottom border, tiny (0.6 px), an overlapping pair."""
+    """xyxy boxes: ordinary, touching the right/bottom border, tiny (0.6 px), an overlapping pair, the whole width,
+    a sliver."""
     b = np.array(
         [
             [10.0, 20.0, 110.5, 140.25],
@@ -53,10 +54,11 @@ def _boxes(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
             [100.0, 100.0, 200.0, 180.0],
             [150.0, 120.0, 260.0, 230.0],
             [0.0, 0.0, w, h / 2],
+            [60.0, 70.0, 60.001, 90.0],  # 1e-3 px wide: every reference keeps it
         ],
         np.float32,
     )
-    return b, np.array([0, 5, 12, 3, 3, 79], np.int64)
+    return b, np.array([0, 5, 12, 3, 3, 79, 7], np.int64)
 
 
 def _ours(recipe: str, img: np.ndarray, boxes: np.ndarray, labels: np.ndarray, short: int, flip: bool):
