@@ -136,6 +136,9 @@ def test_quantize_tool_then_deploy_infer_and_eval_model_dir(export_dir, calib_di
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "OpenVINO CPU int8" in text and len(os.listdir(tmp_path / "vis")) >= 6
+    rc = load_tool("infer").main(["-w", str(out), "--source", calib_dir, "--no-save", "--quiet", "--threads", "1"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "OpenVINO CPU int8" in text, text
     data = make_synthetic_dataset(str(tmp_path / "shapes"), 0, 4, seed=3)
     rc = load_tool("eval").main(
         ["-c", CONFIG, "--model_dir", str(out), "--output", str(tmp_path / "ev"), "--threads", "1",

@@ -115,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_cpu_runtime(args.threads)
     try:
         if args.weights and os.path.isdir(args.weights):
-            from fcos.deploy.predictor import DeployPredictor
+            from fcos.deploy.factory import create_predictor
 
-            predictor = DeployPredictor(args.weights, cpu_threads=args.threads or None, warmup=1)
+            # the backend and precision its infer_cfg.yml names (e.g. int8 on OpenVINO from tools/quantize.py)
+            predictor = create_predictor(args.weights, cpu_threads=args.threads or None, warmup=1)
             default_threshold = predictor.draw_threshold
             print(f"model: {args.weights} ({predictor.describe()})")
         else:
