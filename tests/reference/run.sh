@@ -15,7 +15,8 @@
 # under /work/.mirror) or from an already-extracted tree at that commit:
 #   DETECTRON2_GIT / DETECTRON2_SRC, ADELAIDET_GIT / ADELAIDET_SRC, PADDLEDET_GIT / PADDLEDET_SRC.
 #
-# Usage: bash tests/reference/run.sh [--setup-only] [pytest args...], e.g. `run.sh -k adelaidet -x`.
+# Usage: bash tests/reference/run.sh [--setup-only] [pytest args...], e.g. `run.sh -k adelaidet -x` or
+# `run.sh tests/reference/test_reference_detections.py` (--setup-only: build the environments, run nothing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$(pwd)"
@@ -189,4 +190,12 @@ export FCOS_REF_PPDET_PYTHON="$(realpath -m "$PPDET_VENV")/bin/python"
 export FCOS_REF_ADELAIDET_SRC="$ADET_SRC" FCOS_REF_PADDLEDET_SRC="$PPDET_SRC" FCOS_REF_DETECTRON2_SRC="$D2_SRC"
 [ "$SETUP_ONLY" = 1 ] && exit 0
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m reference tests/reference "$@"
+# tests/reference unless the arguments name test files or folders themselves
+TARGET=(tests/reference)
+for arg in "$@"; do
+    if [ -e "${arg%%::*}" ]; then
+        TARGET=()
+        break
+    fi
+done
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m reference "${TARGET[@]}" "$@"
