@@ -105,6 +105,10 @@ class PostprocessConfig:
     # "clip_keep": clip to the resized image, scale back, keep zero-area boxes (torchvision)
     # "none": scale back only; boxes may reach outside the image (PaddleDetection)
     box_rule: str = "clip_drop_empty"
+    # torchvision's batched_nms (AdelaiDet, torchvision) never lets a zero-area box suppress or be suppressed:
+    # the IoU of two of them is 0/0, and NaN > thresh is false. Paddle's multiclass_nms (PaddleDetection) keeps a
+    # box only if IoU <= thresh, also false for NaN, so it drops a zero-area box under another of its class.
+    nms_keeps_empty: bool = True
 
 
 @dataclass

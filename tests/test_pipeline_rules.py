@@ -214,3 +214,40 @@ def test_infer_cfg_bad_rules_name_the_key(tmp_path, pre, post, message):
     d = _write_export(tmp_path, pre, post)
     with pytest.raises(DeployError, match=message):
         load_infer_cfg(d)
+
+
+@pytest.mark.parametrize("keeps_empty,expected_count", [(True, 3), (False, 2)])
+def test_zero_area_boxes_in_nms(keeps_empty, expected_count):
+    """Two zero-width boxes of one class on the same line: torchvision's batched_nms keeps both (IoU 0/0 is NaN,
+    and NaN > thresh is false); Paddle's multiclass_nms keeps one (NaN <= thresh is false too)."""
+    cls = np.full((1, 1, 1, 3), -30.0, np.float32)
+    reg = np.zeros((1, 4, 1, 3), np.float32)
+    ctr = np.full((1, 1, 1, 3), 30.0, np.float32)
+    cls[0, 0, 0, :] = [3.0, 2.0, 1.0]
+    reg[0, :, 0, 0] = [0, 2, 0, 2]  # point (4, 4) -> [4, 2, 4, 6], zero width
+    reg[0, :, 0, 1] = [8, 1, -8, 1]  # point (12, 4) -> [4, 3, 4, 5], zero width, on the same line
+    reg[0, :, 0, 2] = [2, 2, 2, 2]  # point (20, 4) -> [18, 2, 22, 6]
+    cfg = PostprocessConfig(box_rule="clip_keep", nms_keeps_empty=keeps_empty, sqrt_score=False)
+    bboxes, bbox_num = postprocess_detections(
+        [paddle.to_tensor(cls)],
+        [paddle.to_tensor(reg)],
+        [paddle.to_tensor(ctr)],
+        compute_points([(1, 3)], [8], offset=0.5),
+        [8],
+        paddle.to_tensor(np.array([[8.0, 24.0]], np.float32)),
+        paddle.to_tensor(np.array([[1.0, 1.0]], np.float32)),
+        cfg,
+        False,
+    )
+    rows = bboxes.numpy()
+    assert bbox_num.numpy().tolist() == [expected_count]
+    # the kept rows carry the candidates' own coordinates (not the ones moved apart for NMS)
+    np.testing.assert_allclose(rows[0, 2:], [4, 2, 4, 6], atol=1e-5)
+    np.testing.assert_allclose(rows[-1, 2:], [18, 2, 22, 6], atol=1e-5)
+    if keeps_empty:
+        np.testing.assert_allclose(rows[1, 2:], [4, 3, 4, 5], atol=1e-5)
+
+
+def test_recipes_nms_rule():
+    for recipe, keeps in [("rt_dla34", True), ("rt_r50", True), ("tv_r50", True), ("r50_ms_2x", False)]:
+        assert load_config(f"configs/{recipe}.yml").model.postprocess.nms_keeps_empty is keeps, recipe

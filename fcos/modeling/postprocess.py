@@ -86,6 +86,22 @@ def _clip_boxes(boxes: paddle.Tensor, height_width: paddle.Tensor) -> paddle.Ten
     return paddle.clip(paddle.minimum(boxes, upper), min=0.0)
 
 
+_EMPTY_BOX_SPACING = 1.0e5  # px between separated zero-area boxes: far beyond any image and any other box
+
+
+def _separate_empty_boxes(boxes: paddle.Tensor) -> paddle.Tensor:
+    """(N, K, 4) xyxy boxes for NMS in which zero-area boxes overlap nothing.
+
+    A box with x2 <= x1 or y2 <= y1 moves by (k + 1) * 1e5 px along both axes (k: its candidate index), so
+    no two of them touch and none touches a real box: Paddle's NMS then neither suppresses them nor lets
+    them suppress, as torchvision's ``batched_nms`` does (their IoU is 0/0 there). They stay zero-area.
+    """
+    empty = (boxes[:, :, 2] <= boxes[:, :, 0]) | (boxes[:, :, 3] <= boxes[:, :, 1])  # (N,K)
+    index = paddle.cumsum(paddle.ones_like(boxes[:, :, 0]), axis=1)  # (N,K) 1..K
+    shift = paddle.where(empty, index * _EMPTY_BOX_SPACING, paddle.zeros_like(index))
+    return boxes + shift.unsqueeze(2)
+
+
 def postprocess_detections(
     cls_logits: Sequence[paddle.Tensor],
     bbox_reg: Sequence[paddle.Tensor],
@@ -135,8 +151,9 @@ def postprocess_detections(
     class_scores = paddle.where(
         in_class, scores.unsqueeze(2).tile([1, 1, num_classes]), paddle.full_like(in_class, _INVALID_SCORE, "float32")
     ).transpose([0, 2, 1])
+    nms_boxes = _separate_empty_boxes(boxes) if cfg.nms_keeps_empty else boxes
     detections, keep_index, bbox_num = paddle._C_ops.multiclass_nms3(
-        boxes,
+        nms_boxes,
         class_scores,
         None,
         _NMS_SCORE_FLOOR,  # score_threshold: only real candidates pass
@@ -148,6 +165,9 @@ def postprocess_detections(
         -1,  # background_label: none
     )
     bbox_num = bbox_num.astype("int32")
+    if cfg.nms_keeps_empty:  # the kept candidates' own coordinates, not the separated ones
+        kept = paddle.gather(boxes.reshape([-1, 4]), keep_index.reshape([-1]))
+        detections = paddle.concat([detections[:, 0:2], kept], axis=1)
 
     # multiclass_nms3 groups rows by class; order them by image, then score (descending).
     image_index = keep_index.reshape([-1]) // num_candidates  # (K,) int
