@@ -30,6 +30,7 @@ torch = pytest.importorskip("torch")
 from parity import convert_checkpoint, recipe_config  # noqa: E402
 from test_parity import _torchvision_fcos  # noqa: E402
 from train_parity import (  # noqa: E402
+    PERTURB,
     assert_same_targets,
     case_labels,
     compare_gradients,
@@ -67,12 +68,14 @@ def adelaidet_runs(adelaidet_model):
         t1 = time.time()
         ref64 = adelaidet_step(model, batch, torch.float64)
         t2 = time.time()
+        ref32p = adelaidet_step(model, batch, torch.float32, perturb=PERTURB)
         conv = convert_adelaidet({k: v.numpy() for k, v in model.state_dict().items()}, None, recipe)
         ours = our_step(recipe, conv.state, ref32["images"], batch)
         t3 = time.time()
         ours64 = our_step(recipe, conv.state, ref32["images"], batch, dtype="float64")
         t4 = time.time()
         cache[recipe] = {
+            "ref32p": ref32p,
             "batch": batch,
             "ref32": ref32,
             "ref64": ref64,
@@ -148,6 +151,7 @@ def test_gradients_adelaidet(recipe: str, adelaidet_runs) -> None:
         run["ours"]["frozen"],
         # DLA-34's level3/level4 ``project`` only feeds ``residual.sum() * 0`` in AdelaiDet's training forward
         unused_ok=lambda name: ".project." in name,
+        ref32_perturbed=run["ref32p"]["grads"],
     )
     assert set(run["ref32"]["grads"]) == set(run["ref64"]["grads"])
     print_report(f"{recipe} gradients vs AdelaiDet", stats)
@@ -184,16 +188,19 @@ def torchvision_run():
     t0 = time.time()
     ref32 = torchvision_targets_and_losses(model, images, batch, batch.sizes, torch.float32)
     t1 = time.time()
-    ref64 = torchvision_targets_and_losses(model, images, batch, batch.sizes, torch.float64)
+    ref64 = torchvision_targets_and_losses(model, images, batch, batch.sizes, torch.float64, ref32["matched"])
     t2 = time.time()
+    images_p = (images * np.float32(1.0 + PERTURB)).astype(np.float32)
+    ref32p = torchvision_targets_and_losses(model, images_p, batch, batch.sizes, torch.float32, ref32["matched"])
     conv = convert_torchvision_fcos({k: v.numpy() for k, v in model.state_dict().items()}, recipe_config("tv_r50"))
     ours = our_step("tv_r50", conv.state, images, batch)
     t3 = time.time()
     ours64 = our_step("tv_r50", conv.state, images, batch, dtype="float64")
     t4 = time.time()
-    for r in (ref32, ref64):
+    for r in (ref32, ref64, ref32p):
         r["grads"] = _tv_rows(r["grads"])
     return {
+        "ref32p": ref32p,
         "batch": batch,
         "images": images,
         "ref32": ref32,
@@ -217,6 +224,8 @@ def test_targets_torchvision(torchvision_run) -> None:
     labels = run["batch"].labels
     assert cases["border64"] != labels[0][0] and cases["border128"] != labels[0][1], cases
     assert cases["tie"] == labels[0][2], cases
+    # float32(1e8 - area) ties the near tie (10000 vs 9999 px^2): the first box wins (model.assigner.area_rank_offset)
+    assert cases["near_tie"] == labels[1][0], cases
     assert stats["positives_per_image"][0] > 0 and stats["positives_per_image"][1] > 0
     assert stats["positives_per_image"][2] == 0
     stats["cases"] = cases
@@ -254,6 +263,7 @@ def test_gradients_torchvision(torchvision_run) -> None:
         run["key_map"],
         run["ref32"]["frozen"],
         run["ours"]["frozen"],
+        ref32_perturbed=run["ref32p"]["grads"],
     )
     print_report("tv_r50 gradients vs torchvision", stats)
 
@@ -297,6 +307,11 @@ def ppdet_run(ppdet_worker, ppdet_fcos, tmp_path_factory):
     t1 = time.time()
     ref64 = ppdet_worker.call("ppdet_train_tasks:train_step", name=ppdet_fcos["name"], dtype="float64", **kwargs)
     t2 = time.time()
+    perturbed = {
+        k: (v * np.float32(1.0 + PERTURB)).astype(np.float32) if k.startswith("image_") else v
+        for k, v in kwargs.items()
+    }
+    ref32p = ppdet_worker.call("ppdet_train_tasks:train_step", name=ppdet_fcos["name"], dtype="float32", **perturbed)
     out = str(tmp_path_factory.mktemp("ppdet_train") / "r50_ms_2x.npz")
     conv = convert_checkpoint("paddledet", ppdet_fcos["pdparams"], out, "r50_ms_2x")
     images = ref32["image"]
@@ -304,9 +319,10 @@ def ppdet_run(ppdet_worker, ppdet_fcos, tmp_path_factory):
     t3 = time.time()
     ours64 = our_step("r50_ms_2x", conv.state, images, batch, dtype="float64")
     t4 = time.time()
-    for r in (ref32, ref64):
+    for r in (ref32, ref64, ref32p):
         r["grads"] = {k[len("grad/") :]: v for k, v in r.items() if k.startswith("grad/")}
     return {
+        "ref32p": ref32p,
         "batch": batch,
         "images": images,
         "ref32": ref32,
@@ -365,5 +381,6 @@ def test_gradients_paddledet(ppdet_run) -> None:
         run["key_map"],
         list(run["ref32"]["frozen"]),
         run["ours"]["frozen"],
+        ref32_perturbed=run["ref32p"]["grads"],
     )
     print_report("r50_ms_2x gradients vs PaddleDetection", stats)

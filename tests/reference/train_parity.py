@@ -34,10 +34,13 @@ from fcos.ops import onednn_conv
 IMAGE_SIZES = [(288, 320), (256, 240), (224, 256)]
 PREDICTOR_TOL = 1e-4  # relative L2 of predictor/tower gradients
 TOTAL_NORM_TOL = 1e-3  # relative difference of the total gradient norm
-SEMANTIC_TOL = 1e-6  # relative L2, ours in float64 vs the reference in float64
+SEMANTIC_TOL = 5e-6  # relative L2, ours in float64 (float32 loss arithmetic) vs the reference in float64
 GROUP_FACTOR = 3.0  # towers / FPN / backbone, whole group: |ours - ref64| <= GROUP_FACTOR * |ref32 - ref64|
 DEEP_FACTOR = 8.0  # per parameter: |ours - ref64| <= DEEP_FACTOR * |ref32 - ref64| + DEEP_FLOOR (relative L2)
 DEEP_FLOOR = 1e-5
+# A second float32 reference run on the input scaled by 1 + PERTURB (a rounding-sized change) shows which
+# gradients jump at a ReLU kink; the reference's float32 spread is the larger of its two float32 runs' errors.
+PERTURB = 2.0**-20
 
 
 @dataclass
@@ -248,6 +251,13 @@ def _group_norm(grads: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
     return np.concatenate([grads[n].ravel() for n in names])
 
 
+def _spread(g32: np.ndarray, g64: np.ndarray, name: str, perturbed: Optional[dict[str, np.ndarray]]) -> float:
+    """The reference's own float32 error of one gradient: float32 vs float64, and (when given) a float32 run on the
+    input scaled by 1 + PERTURB vs float64 (the larger)."""
+    spread = rel_l2(g32, g64)
+    return max(spread, rel_l2(perturbed[name], g64)) if perturbed is not None else spread
+
+
 def compare_gradients(
     ours32: dict[str, Optional[np.ndarray]],
     ours64: dict[str, Optional[np.ndarray]],
@@ -257,6 +267,7 @@ def compare_gradients(
     ref_frozen: list[str],
     ours_frozen: list[str],
     unused_ok: Callable[[str], bool] = lambda name: False,
+    ref32_perturbed: Optional[dict[str, np.ndarray]] = None,
 ) -> dict[str, Any]:
     """Every reference gradient (``ref32`` float32 run, ``ref64`` float64 run, keyed by reference names) against
     ours (``ours32`` / ``ours64``, keyed by our names) through ``key_map`` (reference name -> our name):
@@ -273,6 +284,8 @@ def compare_gradients(
       reference itself (its float32 vs float64 spread, measured here per group): ours vs the float64 gradient
       within GROUP_FACTOR x that spread per group, and per parameter within DEEP_FACTOR x the larger of its own
       and its group's spread (+ DEEP_FLOOR): which elements flip is random, so one parameter's spread is noisy;
+      the spread is the larger of the float32 run's and ``ref32_perturbed``'s (a float32 run on the input scaled by
+      1 + PERTURB) errors against float64: P6/P7 gradients of torchvision jump by 3e-3 for such a change;
     * frozen parameters (reference: requires_grad False; ours: stop_gradient) map onto each other and take no
       gradient; a reference parameter that receives none must get none (or zeros, when ``unused_ok``) here.
     Returns the measurements (for the test's printout)."""
@@ -289,7 +302,7 @@ def compare_gradients(
             "sem": rel_l2(ours64[our_name], g64),
             "vs64": rel_l2(ours32[our_name], g64),
             "vs32": rel_l2(ours32[our_name], g32),
-            "spread": rel_l2(g32, g64),
+            "spread": _spread(g32, g64, ref_name, ref32_perturbed),
         }
         rows.append(row)
         if row["sem"] > SEMANTIC_TOL:
@@ -303,12 +316,13 @@ def compare_gradients(
         if name not in mapped and g is not None and not (unused_ok(name) and not np.any(g)):
             failures.append(f"{name}: we have a gradient, the reference parameter has none")
     # Paddle keeps BatchNorm statistics as parameters without gradient; the reference's are buffers
-    ref_params = {key_map[k] for k in list(ref32) + list(ref_frozen)}
-    ref_frozen_ours = sorted(key_map[k] for k in ref_frozen)
-    ours_frozen_params = sorted(n for n in ours_frozen if n in ref_params)
+    ref_params = {key_map[k] for k in list(ref32) + list(ref_frozen) if k in key_map}
+    stats_suffix = ("._mean", "._variance")
+    ref_frozen_ours = sorted(key_map[k] for k in ref_frozen if k in key_map and not key_map[k].endswith(stats_suffix))
+    ours_frozen_params = sorted(n for n in ours_frozen if n in ref_params and not n.endswith(stats_suffix))
     if ref_frozen_ours != ours_frozen_params:
         failures.append(f"frozen parameters differ: reference {ref_frozen_ours}, ours {ours_frozen_params}")
-    others = [n for n in ours_frozen if n not in ref_params and not n.endswith(("._mean", "._variance"))]
+    others = [n for n in ours_frozen if n not in ref_params and not n.endswith(stats_suffix)]
     if others:
         failures.append(f"parameters frozen here that are not reference parameters: {others}")
     groups = {}
@@ -320,7 +334,12 @@ def compare_gradients(
         o32 = _group_norm(ours32, names)
         r32 = np.concatenate([ref32[by_ref[n]].ravel() for n in names])
         r64 = np.concatenate([ref64[by_ref[n]].ravel() for n in names])
-        groups[group] = {"ours_vs64": rel_l2(o32, r64), "ref32_vs64": rel_l2(r32, r64), "ours_vs32": rel_l2(o32, r32)}
+        if ref32_perturbed is not None:
+            r32p = np.concatenate([ref32_perturbed[by_ref[n]].ravel() for n in names])
+            spread = max(rel_l2(r32, r64), rel_l2(r32p, r64))
+        else:
+            spread = rel_l2(r32, r64)
+        groups[group] = {"ours_vs64": rel_l2(o32, r64), "ref32_vs64": spread, "ours_vs32": rel_l2(o32, r32)}
         if group == "predictors":
             continue
         spread = groups[group]["ref32_vs64"]

@@ -67,9 +67,15 @@ def adelaidet_targets(recipe: str, batch: TrainBatch, padded_hw: tuple[int, int]
     return {"labels": labels.astype(np.int64), "reg": reg, "ctr": ctr, "level_sizes": np.asarray(level_sizes)}
 
 
-def adelaidet_step(model: torch.nn.Module, batch: TrainBatch, dtype: torch.dtype) -> dict[str, Any]:
-    """One AdelaiDet training forward + backward (see the module doc)."""
+def adelaidet_step(
+    model: torch.nn.Module, batch: TrainBatch, dtype: torch.dtype, perturb: float = 0.0
+) -> dict[str, Any]:
+    """One AdelaiDet training forward + backward (see the module doc); ``perturb``: the normalised input scaled
+    by 1 + perturb (through ``pixel_std``), for the spread of the reference's float32 gradients."""
     m = copy.deepcopy(model).to(dtype).train()
+    if perturb:
+        with torch.no_grad():
+            m.pixel_std.div_(1.0 + perturb)
     outputs = m.proposal_generator.fcos_outputs
     captured: dict[str, Any] = {}
     original = outputs.fcos_losses
@@ -117,14 +123,22 @@ def adelaidet_step(model: torch.nn.Module, batch: TrainBatch, dtype: torch.dtype
 
 
 def torchvision_targets_and_losses(
-    model: torch.nn.Module, images: np.ndarray, batch: TrainBatch, image_sizes: list[tuple[int, int]], dtype: Any
+    model: torch.nn.Module,
+    images: np.ndarray,
+    batch: TrainBatch,
+    image_sizes: list[tuple[int, int]],
+    dtype: Any,
+    matched: Any = None,
 ) -> dict[str, Any]:
     """torchvision's ``FCOS`` training path without its transform (the input is already normalised and padded):
     backbone -> head -> anchor generator -> ``FCOS.compute_loss`` (matching) -> ``FCOSHead.compute_loss``, in a
     train-mode copy of ``model`` in ``dtype``, then backward of the summed losses. Returns ``losses``, ``grads``
     (reference names; cls_logits rows as the model has them), ``frozen``, ``targets`` (labels (N, P) contiguous
     0..79 with 80 = background, reg (N, P, 4) = ``box_coder.encode``, ctr (N, P) 0 at background) and
-    ``num_foreground``. Box labels are COCO category ids on the torchvision side."""
+    ``num_foreground``, ``matched`` (the per-image matched box indices). Box labels are COCO category ids on the
+    torchvision side. ``matched`` given: those indices replace the matching (the float64 run takes the float32
+    run's: torchvision trains in float32, where it ranks boxes by float32(1e8 - area), and the float64 run only
+    measures rounding)."""
     from torchvision.models.detection.image_list import ImageList
 
     from fcos.checkpoint.convert_common import COCO_CATEGORY_IDS
@@ -134,6 +148,8 @@ def torchvision_targets_and_losses(
     head_loss = m.head.compute_loss
 
     def compute_loss(targets, head_outputs, anchors, matched_idxs):
+        if matched is not None:
+            matched_idxs = [x.clone() for x in matched]
         captured["matched"] = [x.clone() for x in matched_idxs]
         captured["anchors"] = [a.clone() for a in anchors]
         return head_loss(targets, head_outputs, anchors, matched_idxs)
@@ -186,4 +202,5 @@ def torchvision_targets_and_losses(
             "level_sizes": np.asarray(num_anchors_per_level),
         },
         "num_foreground": int(sum(int((mi >= 0).sum()) for mi in captured["matched"])),
+        "matched": captured["matched"],
     }
