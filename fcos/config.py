@@ -193,6 +193,11 @@ class ScheduleConfig:
     gamma: float = 0.1
     warmup_steps: int = 1000
     warmup_factor: float = 0.001
+    # Epoch-based recipes (torchvision, PaddleDetection): > 0 trains this many epochs of the training set, with the
+    # LR steps at ``milestone_epochs``; max_steps and milestones then follow the dataset (images // batch_size
+    # steps per epoch, the last partial batch dropped) and the values given for them are replaced.
+    epochs: int = 0
+    milestone_epochs: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -452,6 +457,10 @@ def validate_config(cfg: Config, src: str = "<config>") -> None:
         raise ConfigError(f"{src}: key 'input.interp' must be 'bilinear' with input.resize_backend 'torch_float'")
     if cfg.input.size_divisor < 1:
         raise ConfigError(f"{src}: key 'input.size_divisor' must be >= 1")
+    if cfg.schedule.milestone_epochs and cfg.schedule.epochs <= 0:
+        raise ConfigError(f"{src}: key 'schedule.milestone_epochs' needs schedule.epochs > 0")
+    if any(not 0 < e <= cfg.schedule.epochs for e in cfg.schedule.milestone_epochs):
+        raise ConfigError(f"{src}: key 'schedule.milestone_epochs' must lie in 1..schedule.epochs")
     if list(cfg.schedule.milestones) != sorted(cfg.schedule.milestones):
         raise ConfigError(f"{src}: key 'schedule.milestones' must be increasing")
     if m.head.norm == "gn" and m.fpn.out_channels % m.head.gn_groups:

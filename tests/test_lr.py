@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from fcos.config import config_from_dict
-from fcos.engine.optim import LRSchedule, build_lr_schedule, build_optimizer, build_param_groups, scaled_base_lr
+from fcos.engine.optim import (
+    LRSchedule,
+    build_lr_schedule,
+    build_optimizer,
+    build_param_groups,
+    resolve_epoch_schedule,
+    scaled_base_lr,
+)
 
 
 def test_warmup_and_milestones_by_hand():
@@ -175,8 +182,25 @@ def test_recipe_schedules_in_coco_epochs():
     assert s.lr_at(500) == pytest.approx(0.01)
     assert s.lr_at(117263) == pytest.approx(0.01) and s.lr_at(117264) == pytest.approx(0.001)
     assert s.lr_at(161238) == pytest.approx(0.0001)
-    rt = fcos.load_config("configs/rt_dla34.yml").schedule
-    assert (rt.max_steps, rt.milestones, rt.warmup_steps) == (360000, [300000, 340000], 1000)
+    rt = fcos.load_config("configs/rt_dla34.yml")
+    assert (rt.schedule.max_steps, rt.schedule.milestones, rt.schedule.warmup_steps) == (360000, [300000, 340000], 1000)
+    assert resolve_epoch_schedule(rt, 5000) is rt  # iteration-based: independent of the dataset
+    # the epoch-based recipes follow the training set: COCO's values back, and a 5000-image set (312 steps/epoch)
+    for cfg, epochs in ((fcos.load_config("configs/tv_r50.yml"), 26), (pd, 24)):
+        coco = resolve_epoch_schedule(cfg, 117266).schedule
+        assert (coco.max_steps, coco.milestones) == (cfg.schedule.max_steps, cfg.schedule.milestones)
+        small = resolve_epoch_schedule(cfg, 5000).schedule
+        assert (small.max_steps, small.milestones) == (epochs * 312, [16 * 312, 22 * 312])
+        assert small.warmup_steps == cfg.schedule.warmup_steps
+
+
+def test_milestone_epochs_need_epochs():
+    from fcos.config import ConfigError
+
+    with pytest.raises(ConfigError, match="schedule.milestone_epochs"):
+        config_from_dict({"schedule": {"milestone_epochs": [2]}})
+    with pytest.raises(ConfigError, match="1..schedule.epochs"):
+        config_from_dict({"schedule": {"epochs": 3, "milestone_epochs": [4]}})
 
 
 def test_momentum_step_by_hand():

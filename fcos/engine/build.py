@@ -24,7 +24,7 @@ import paddle
 from fcos.config import Config, dump_config
 from fcos.engine.callbacks.base import Callback
 from fcos.engine.callbacks.defaults import build_default_callbacks
-from fcos.engine.optim import build_optimizer
+from fcos.engine.optim import build_optimizer, resolve_epoch_schedule
 from fcos.engine.trainer import Trainer, attach_file_log, detach_file_log
 from fcos.evaluation.coco_eval import CocoEvaluator
 from fcos.utils import dist
@@ -122,6 +122,7 @@ def build_trainer(
         seed_everything(cfg.train.seed)
 
         train_ds = build_train_dataset(cfg)
+        cfg = resolve_epoch_schedule(cfg, len(train_ds))  # epoch-based recipes: steps from the dataset's size
         val_ds = build_val_dataset(cfg, label_map=train_ds.label_map) if cfg.data.val.ann_file else None
         class_names = list(train_ds.class_names)
         category_ids = [int(c) for c in train_ds.label_map.category_ids]

@@ -8,6 +8,7 @@ decay on normalisation parameters (``optim.weight_decay_norm``) and ``optim.bias
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -68,6 +69,30 @@ def scaled_base_lr(cfg: Config) -> float:
         logger.info("linear scaling rule: batch %d vs recipe %d -> lr %.6g (was %.6g)", total, base, scaled, lr)
         return scaled
     return lr
+
+
+def resolve_epoch_schedule(cfg: Config, num_images: int) -> Config:
+    """``cfg`` with ``schedule.max_steps`` and ``schedule.milestones`` computed from ``schedule.epochs`` and
+    ``schedule.milestone_epochs`` for a training set of ``num_images`` images (``num_images // data.batch_size``
+    steps per epoch: torchvision's GroupedBatchSampler and PaddleDetection's drop_last reader both drop the last
+    partial batch); ``cfg`` itself when the schedule is in steps (``schedule.epochs`` 0)."""
+    s = cfg.schedule
+    if s.epochs <= 0:
+        return cfg
+    per_epoch = max(1, int(num_images) // max(1, cfg.data.batch_size))
+    resolved = dataclasses.replace(
+        s, max_steps=s.epochs * per_epoch, milestones=[e * per_epoch for e in s.milestone_epochs]
+    )
+    logger.info(
+        "schedule: %d epochs x %d steps (%d images, batch %d) = %d steps, LR steps at %s",
+        s.epochs,
+        per_epoch,
+        num_images,
+        cfg.data.batch_size,
+        resolved.max_steps,
+        resolved.milestones,
+    )
+    return dataclasses.replace(cfg, schedule=resolved)
 
 
 def build_lr_schedule(cfg: Config) -> LRSchedule:

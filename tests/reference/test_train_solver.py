@@ -38,13 +38,19 @@ from parity import recipe_config  # noqa: E402
 
 import fcos  # noqa: E402
 from fcos.checkpoint.weights import load_weights  # noqa: E402
-from fcos.engine.optim import build_lr_schedule, build_optimizer, build_param_groups  # noqa: E402
+from fcos.engine.optim import (  # noqa: E402
+    build_lr_schedule,
+    build_optimizer,
+    build_param_groups,
+    resolve_epoch_schedule,
+)
 
 STEP_BASE_LR = 100.0
 # Iterations per epoch of both epoch-based references on COCO train2017 at 16 images (8 GPUs x 2): 117,266 training
-# images (without annotation-less images) // 16, as their training logs show ("[7328/7329]"); our configs state
-# their milestones and length in steps computed with it.
-COCO_STEPS_PER_EPOCH = 7329
+# images (without annotation-less images) // 16, as their training logs show ("[7328/7329]"); our epoch-based
+# configs (schedule.epochs, milestone_epochs) are resolved for that training set.
+COCO_TRAIN_IMAGES = 117266
+COCO_STEPS_PER_EPOCH = COCO_TRAIN_IMAGES // 16
 UPDATE_RTOL = 1e-4  # relative L2 of the update difference, per tensor (fp32 spacing of p vs an update of ~2e-4 p)
 
 
@@ -294,7 +300,7 @@ def test_solver_equals_torchvision_recipe() -> None:
     from fcos.checkpoint.convert_torchvision import convert_torchvision_fcos
 
     recipe = "tv_r50"
-    cfg = recipe_config(recipe)
+    cfg = resolve_epoch_schedule(recipe_config(recipe), COCO_TRAIN_IMAGES)  # as training on COCO resolves it
     ref = _torchvision_fcos_as_trained(0)
     s0 = _numpy_state(ref)
     conv = convert_torchvision_fcos(s0, cfg)
@@ -337,6 +343,7 @@ def test_solver_equals_torchvision_recipe() -> None:
     schedule = build_lr_schedule(cfg)
     info["lr_rel_diff"] = _assert_lrs(recipe, schedule.lr_at, ref_lrs)
     assert cfg.schedule.max_steps == epochs * spe
+    assert (cfg.schedule.epochs, cfg.schedule.milestone_epochs) == (epochs, lr_steps)
 
     # --- two steps at base LR 100 after warmup
     grads_ref = [_grads_for(s0, sorted(ref_trainable), seed) for seed in (1, 2)]
@@ -370,7 +377,7 @@ def test_solver_equals_paddledetection(ppdet_worker, ppdet_fcos) -> None:
     from fcos.checkpoint.convert_paddledet import convert_paddledet
 
     recipe = "r50_ms_2x"
-    cfg = recipe_config(recipe)
+    cfg = resolve_epoch_schedule(recipe_config(recipe), COCO_TRAIN_IMAGES)  # as training on COCO resolves it
     s0 = ppdet_worker.call("ppdet_tasks:state_dict", name=ppdet_fcos["name"])
     conv = convert_paddledet(s0, cfg)
     key_map = dict(conv.mapped)
@@ -383,7 +390,7 @@ def test_solver_equals_paddledetection(ppdet_worker, ppdet_fcos) -> None:
     info = _compare_groups(recipe, ref_groups, _our_groups(model, cfg), key_map, ref_trainable)
 
     # --- LR: LinearWarmup + PiecewiseDecay (milestones in epochs x steps_per_epoch)
-    assert info_ref["epoch"] * steps_per_epoch == cfg.schedule.max_steps
+    assert info_ref["epoch"] * steps_per_epoch == cfg.schedule.max_steps and info_ref["epoch"] == cfg.schedule.epochs
     schedule = build_lr_schedule(cfg)
     ref_lrs = {int(s): float(v) for s, v in info_ref["lrs"]}
     info["lr_rel_diff"] = _assert_lrs(recipe, schedule.lr_at, ref_lrs)
