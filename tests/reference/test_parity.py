@@ -22,6 +22,8 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
 
+from parity import photo_bgr, synthetic_bgr  # noqa: E402
+
 import fcos  # noqa: E402
 from fcos.checkpoint.convert_common import COCO_CATEGORY_IDS  # noqa: E402
 from fcos.checkpoint.convert_timm import convert_timm_dla34  # noqa: E402
@@ -38,34 +40,6 @@ BGR_255 = [
     "input.mean=[103.53,116.28,123.675]",
     "input.std=[1.0,1.0,1.0]",
 ]
-
-
-def _photo_bgr() -> np.ndarray:
-    import cv2
-    import matplotlib
-
-    img = cv2.imread(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg"))
-    assert img is not None
-    return img
-
-
-def _synthetic_bgr(h: int = 480, w: int = 640) -> np.ndarray:
-    """A real-looking synthetic scene: smooth gradients, filled shapes and noise (seeded)."""
-    import cv2
-
-    rng = np.random.RandomState(7)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack([xx / w * 200, yy / h * 180 + 30, (xx + yy) / (w + h) * 150 + 50], axis=2)
-    for _ in range(12):
-        color = tuple(int(c) for c in rng.randint(0, 255, 3))
-        x1, y1 = int(rng.randint(0, w - 60)), int(rng.randint(0, h - 60))
-        x2, y2 = x1 + int(rng.randint(30, 200)), y1 + int(rng.randint(30, 200))
-        if rng.rand() < 0.5:
-            cv2.rectangle(img, (x1, y1), (x2, y2), color, -1)
-        else:
-            cv2.circle(img, ((x1 + x2) // 2, (y1 + y2) // 2), (x2 - x1) // 2, color, -1)
-    img += rng.normal(0, 6, img.shape).astype(np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def _to_numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -184,7 +158,7 @@ def fcos_pair():
 @pytest.mark.parametrize("image", ["photo", "synthetic"])
 def test_torchvision_fcos_detections_match(fcos_pair, image: str) -> None:
     tv_model, pd_model = fcos_pair
-    img = _photo_bgr() if image == "photo" else _synthetic_bgr()
+    img = photo_bgr() if image == "photo" else synthetic_bgr()
     tv, pd = _run_both(tv_model, pd_model, img)
     stats = _compare_detections(tv, pd, image)
     print(f"torchvision FCOS parity on {image} {img.shape[:2]}: {stats}")
@@ -225,7 +199,7 @@ def test_torchvision_resnet50_features_match(overrides: list[str]) -> None:
     report = load_weights(model, conversion.state)
     assert not report.shape_mismatch and not [k for k in report.missing if k.startswith("backbone.")]
     model.eval()
-    x_ref, x_pd = _input_pair(_crop(_photo_bgr()), cfg)
+    x_ref, x_pd = _input_pair(_crop(photo_bgr()), cfg)
     with torch.no_grad():
         x = ref.maxpool(ref.relu(ref.bn1(ref.conv1(x_ref))))
         c2 = ref.layer1(x)
@@ -254,7 +228,7 @@ def test_timm_dla34_features_match(overrides: list[str]) -> None:
     report = load_weights(model, conversion.state)
     assert not report.shape_mismatch and not [k for k in report.missing if k.startswith("backbone.")]
     model.eval()
-    x_ref, x_pd = _input_pair(_crop(_photo_bgr()), cfg)
+    x_ref, x_pd = _input_pair(_crop(photo_bgr()), cfg)
     with torch.no_grad():
         x = ref.base_layer(x_ref)
         feats = []
