@@ -320,8 +320,12 @@ def compare_gradients(
     stats_suffix = ("._mean", "._variance")
     ref_frozen_ours = sorted(key_map[k] for k in ref_frozen if k in key_map and not key_map[k].endswith(stats_suffix))
     ours_frozen_params = sorted(n for n in ours_frozen if n in ref_params and not n.endswith(stats_suffix))
-    if ref_frozen_ours != ours_frozen_params:
-        failures.append(f"frozen parameters differ: reference {ref_frozen_ours}, ours {ours_frozen_params}")
+    # every reference-frozen tensor gets no gradient here (a frozen parameter, or a FrozenBatchNorm2D buffer), and
+    # every parameter frozen here is frozen in the reference
+    got_grad = [n for n in ref_frozen_ours if ours32.get(n) is not None]
+    extra = sorted(set(ours_frozen_params) - set(ref_frozen_ours))
+    if got_grad or extra:
+        failures.append(f"frozen parameters differ: ours has gradients for {got_grad}, freezes {extra} in addition")
     others = [n for n in ours_frozen if n not in ref_params and not n.endswith(stats_suffix)]
     if others:
         failures.append(f"parameters frozen here that are not reference parameters: {others}")
