@@ -165,9 +165,6 @@ def postprocess_detections(
         -1,  # background_label: none
     )
     bbox_num = bbox_num.astype("int32")
-    if cfg.nms_keeps_empty:  # the kept candidates' own coordinates, not the separated ones
-        kept = paddle.gather(boxes.reshape([-1, 4]), keep_index.reshape([-1]))
-        detections = paddle.concat([detections[:, 0:2], kept], axis=1)
 
     # multiclass_nms3 groups rows by class; order them by image, then score (descending).
     image_index = keep_index.reshape([-1]) // num_candidates  # (K,) int
@@ -175,10 +172,14 @@ def postprocess_detections(
     order = paddle.argsort(image_index.astype("float32") * 4.0 - det_scores)  # scores lie in [0, 1]
     detections = paddle.gather(detections, order)
     image_index = paddle.gather(image_index, order)
+    if cfg.nms_keeps_empty:  # the kept candidates' own coordinates, not the ones moved apart for NMS
+        candidate_index = paddle.gather(keep_index.reshape([-1]), order)
+        det_boxes = paddle.gather(boxes.reshape([-1, 4]), candidate_index)
+    else:
+        det_boxes = detections[:, 2:6]
 
     row_scale = paddle.gather(scale_factor, image_index)  # (K,2) sy,sx
     scale_xyxy = paddle.concat([row_scale[:, 1:2], row_scale[:, 0:1]], axis=1).tile([1, 2])
-    det_boxes = detections[:, 2:6]
     if cfg.box_rule == "clip_keep":
         det_boxes = _clip_boxes(det_boxes, paddle.gather(im_shape, image_index)) / scale_xyxy
     elif cfg.box_rule == "clip_drop_empty":
