@@ -251,3 +251,23 @@ def test_zero_area_boxes_in_nms(keeps_empty, expected_count):
 def test_recipes_nms_rule():
     for recipe, keeps in [("rt_dla34", True), ("rt_r50", True), ("tv_r50", True), ("r50_ms_2x", False)]:
         assert load_config(f"configs/{recipe}.yml").model.postprocess.nms_keeps_empty is keeps, recipe
+
+
+@pytest.mark.parametrize("box_rule", ["clip_keep", "none"])
+def test_every_box_rule_exports_and_matches_dygraph(tmp_path, box_rule):
+    """paddle.jit.save rejects an input the graph does not use; "none" uses no image size, yet the export keeps
+    the one signature (image, im_shape, scale_factor) of every recipe. The reloaded model equals dygraph."""
+    import fcos
+    from fcos.export import check_export, export_model
+    from fcos.inference.synthetic_weights import make_detection_rich
+
+    cfg = load_config("configs/demo_shapes.yml", [f"model.postprocess.box_rule={box_rule}"])
+    paddle.seed(0)
+    model = fcos.build_model(cfg)
+    make_detection_rich(model, seed=1)
+    model.eval()
+    out = str(tmp_path / box_rule)
+    export_model(model, cfg, out, cfg.data.class_names, [1, 2, 3, 4])
+    assert load_infer_cfg(out).box_rule == box_rule
+    check = check_export(model, cfg, out, sizes=[(160, 224)], runtime={"use_mkldnn": False})
+    assert check.passed and check.compared > 50, str(check)

@@ -186,7 +186,10 @@ def postprocess_detections(
         original_shape = paddle.round(im_shape / scale_factor)
         det_boxes = _clip_boxes(det_boxes / scale_xyxy, paddle.gather(original_shape, image_index))
     elif cfg.box_rule == "none":
-        det_boxes = det_boxes / scale_xyxy
+        # im_shape plays no part here; adding 0 * it keeps it an input of the exported graph, whose signature
+        # (image, im_shape, scale_factor) is the same for every recipe (paddle.jit.save rejects unused inputs)
+        unused = paddle.gather(im_shape, image_index).sum(axis=1, keepdim=True) * 0.0
+        det_boxes = det_boxes / scale_xyxy + unused
     else:
         raise ValueError(f"model.postprocess.box_rule must be clip_drop_empty, clip_keep or none, got {cfg.box_rule!r}")
     bboxes = paddle.concat([detections[:, 0:2], det_boxes], axis=1)

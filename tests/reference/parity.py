@@ -28,6 +28,8 @@ COORD_TOL = 0.05  # px; a pair matches with IoU >= IOU_MIN or all coordinates wi
 SCORE_TOL = 2e-3
 CUT_MARGIN = 5e-3  # detections this close to the lowest kept score may lack a partner (top-k / threshold cut)
 MIN_DETECTIONS = 50
+NMS_FLIP_IOU = 0.5  # overlap of two candidates one of which NMS (threshold 0.6) may keep instead of the other
+MAX_NMS_FLIPS = 4  # per comparison at least; or 3 % of the detections of both sides
 
 
 def photo_bgr() -> np.ndarray:
@@ -119,8 +121,9 @@ def _one_way(a: dict, b: dict) -> tuple[np.ndarray, float, float]:
 def assert_same_detections(ref: dict, ours: dict, name: str, min_count: int = MIN_DETECTIONS) -> dict:
     """Every detection of each side has a partner on the other (same class; IoU >= 0.99 or all coordinates within
     0.05 px; |score difference| <= 2e-3), except detections within 5e-3 of the lowest score kept on their own side,
-    which a top-k or threshold cut may keep on one side only. ``ref`` / ``ours``: boxes (k, 4) xyxy, scores (k,),
-    labels (k,) in the same class numbering. Returns the statistics (printed by the tests)."""
+    which a top-k or threshold cut may keep on one side only, and a few NMS order flips between candidates whose
+    scores tie to float noise (see below; counted in the statistics). ``ref`` / ``ours``: boxes (k, 4) xyxy, scores
+    (k,), labels (k,) in the same class numbering. Returns the statistics (printed by the tests)."""
     n_ref, n_ours = len(ref["scores"]), len(ours["scores"])
     assert n_ref >= min_count, f"{name}: only {n_ref} reference detections; the test needs at least {min_count}"
     assert n_ours, f"{name}: we give no detections, the reference {n_ref}"
@@ -131,6 +134,16 @@ def assert_same_detections(ref: dict, ours: dict, name: str, min_count: int = MI
     m_ours, coord_b, score_b = _one_way(ours, ref)
     lost_ref = np.where(~m_ref & (ref["scores"] > cut_ref))[0]
     lost_ours = np.where(~m_ours & (ours["scores"] > cut_ours))[0]
+    # NMS order flips: two overlapping candidates of one class with scores equal to float noise are ranked one way
+    # by the reference and the other way by us, so each side keeps a different one (and what it suppresses
+    # differs). Such unmatched detections come in overlapping same-class groups across the two sides with scores
+    # within CUT_MARGIN; a few of them are excused, a systematic difference (many unmatched) is not.
+    flip_ref = _nms_flips(ref, lost_ref, ours, np.where(~m_ours)[0])
+    flip_ours = _nms_flips(ours, lost_ours, ref, np.where(~m_ref)[0])
+    flips = len(flip_ref) + len(flip_ours)
+    if flips <= max(MAX_NMS_FLIPS, int(0.03 * (n_ref + n_ours))):
+        lost_ref = np.setdiff1d(lost_ref, flip_ref)
+        lost_ours = np.setdiff1d(lost_ours, flip_ours)
 
     def show(d: dict, idx: np.ndarray) -> str:
         return "; ".join(
@@ -145,6 +158,7 @@ def assert_same_detections(ref: dict, ours: dict, name: str, min_count: int = MI
         "unmatched_ours": int((~m_ours).sum()),
         "max_coord_diff_px": max(coord_a, coord_b),
         "max_score_diff": max(score_a, score_b),
+        "nms_flips_excused": flips,
         "box_sizes_px": [float(np.percentile(np.sqrt(_areas(ref["boxes"])), q)) for q in (5, 50, 95)],
     }
     assert not len(lost_ref) and not len(lost_ours), (
@@ -152,6 +166,17 @@ def assert_same_detections(ref: dict, ours: dict, name: str, min_count: int = MI
         f"{cut_ours:.4f} have no partner ({stats}); reference: {show(ref, lost_ref)}; ours: {show(ours, lost_ours)}"
     )
     return stats
+
+
+def _nms_flips(a: dict, idx: np.ndarray, b: dict, b_unmatched: np.ndarray) -> np.ndarray:
+    """The detections ``idx`` of ``a`` that overlap (IoU >= NMS_FLIP_IOU) an unmatched detection of ``b`` of the
+    same class whose score is within CUT_MARGIN."""
+    if not len(idx) or not len(b_unmatched):
+        return np.zeros(0, dtype=np.int64)
+    iou = box_iou(a["boxes"][idx], b["boxes"][b_unmatched])
+    same = a["labels"][idx][:, None] == b["labels"][b_unmatched][None, :]
+    close = np.abs(a["scores"][idx][:, None] - b["scores"][b_unmatched][None, :]) <= CUT_MARGIN
+    return idx[(same & close & (iou >= NMS_FLIP_IOU)).any(axis=1)]
 
 
 def _areas(boxes: np.ndarray) -> np.ndarray:
