@@ -27,6 +27,7 @@ from fcos.config import Config
 from fcos.data.preprocess import preprocess
 from fcos.deploy.predictor import INFER_CFG_NAME, find_model_files
 from fcos.inference.matching import MatchStats, match_detections
+from fcos.utils.detections import drops_empty_boxes, split_detections
 
 MODEL_PREFIX = "model"
 
@@ -273,7 +274,6 @@ def check_export(
     overrides DeployPredictor options (default: those in infer_cfg.yml, i.e. what users run).
     """
     from fcos.deploy.predictor import DeployPredictor
-    from fcos.modeling.postprocess import drops_empty_boxes, split_detections
 
     images = list(images) if images is not None else make_check_images()
     inp = cfg.input
@@ -281,6 +281,7 @@ def check_export(
         sizes = [(inp.test_short, inp.test_max), (inp.test_short * 3 // 4 + 5, inp.test_max * 3 // 4 + 7)]
     predictor = DeployPredictor(model_dir, **(runtime or {}))
     max_dets = int(cfg.model.postprocess.max_dets)
+    drop_empty = drops_empty_boxes(cfg.model.postprocess.box_rule)
     check = ExportCheck()
     model.eval()
     for short, max_size in sizes:
@@ -296,7 +297,7 @@ def check_export(
                         paddle.to_tensor(batch.im_shape),
                         paddle.to_tensor(batch.scale_factor),
                     )
-                ref = split_detections(bboxes, bbox_num, drops_empty_boxes(cfg.model.postprocess))
+                ref = split_detections(bboxes.numpy(), bbox_num.numpy(), drop_empty=drop_empty)
                 got = predictor.predict(chunk, keep_images=False)
                 for r, g in zip(ref, got):
                     ok, stats = compare_detections(_as_results(r), g, max_dets, min_score, score_tol, box_tol)

@@ -11,9 +11,10 @@ import yaml
 
 from fcos.config import ConfigError, InputConfig, PostprocessConfig, load_config
 from fcos.data.preprocess import prepare_image, resize_to, resized_shape
-from fcos.deploy.predictor import DeployError, load_infer_cfg, split_batch_detections
+from fcos.deploy.predictor import DeployError, load_infer_cfg
 from fcos.modeling.points import compute_points
-from fcos.modeling.postprocess import drops_empty_boxes, postprocess_detections, split_detections
+from fcos.modeling.postprocess import postprocess_detections
+from fcos.utils.detections import drops_empty_boxes, split_detections
 
 # ------------------------------------------------------------------------------------------
 # Resized size
@@ -163,13 +164,10 @@ def _two_boxes(box_rule: str) -> tuple[np.ndarray, np.ndarray]:
 def test_box_rules(box_rule, expected):
     bboxes, bbox_num = _two_boxes(box_rule)
     assert bbox_num.tolist() == [2]
-    drop = drops_empty_boxes(PostprocessConfig(box_rule=box_rule))
+    drop = drops_empty_boxes(box_rule)  # also what the deploy predictor does with infer_cfg.yml's box_rule
     assert drop == (box_rule == "clip_drop_empty")
-    det = split_detections(bboxes, bbox_num, drop)[0]
+    det = split_detections(bboxes, bbox_num, drop_empty=drop)[0]
     np.testing.assert_allclose(det["boxes"], expected, atol=1e-5)
-    # the deploy predictor's split follows the same rule
-    got = split_batch_detections(bboxes, bbox_num, drop)[0]
-    np.testing.assert_allclose(got["boxes"], expected, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------

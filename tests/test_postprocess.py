@@ -1,4 +1,4 @@
-"""postprocess_detections / split_detections on hand-made score maps, against a numpy NMS, and under to_static."""
+"""postprocess_detections on hand-made score maps, against a numpy NMS, and under to_static."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from fcos.config import PostprocessConfig
 from fcos.modeling.points import compute_points
-from fcos.modeling.postprocess import postprocess_detections, split_detections
+from fcos.modeling.postprocess import postprocess_detections
+from fcos.utils.detections import split_detections
 
 NEG = -30.0  # sigmoid -> ~0
 POS = 30.0  # sigmoid -> 1.0 in float32
@@ -191,7 +192,7 @@ def test_batch_with_empty_image_and_per_image_scaling():
     empty = Level(2, 2, 4, 4, stride=8)
     bboxes, bbox_num = _run([empty], PostprocessConfig())
     assert bboxes.shape == (0, 6) and bbox_num.tolist() == [0, 0]
-    assert [len(d["scores"]) for d in split_detections(bboxes, bbox_num)] == [0, 0]
+    assert [len(d["scores"]) for d in split_detections(bboxes, bbox_num, drop_empty=True)] == [0, 0]
 
 
 def _numpy_iou(box, boxes):
@@ -237,25 +238,6 @@ def test_matches_numpy_nms_reference():
     np.testing.assert_allclose(bboxes[:, 1], scores[kept], rtol=1e-5)
     np.testing.assert_array_equal(bboxes[:, 0], cls[kept])
     np.testing.assert_allclose(bboxes[:, 2:], np.clip(boxes[kept], 0, 1000), atol=1e-4)  # clipped to the image
-
-
-def test_split_detections():
-    bboxes = np.array(
-        [
-            [1, 0.9, 0, 0, 10, 10],
-            [0, 0.8, 5, 5, 5, 9],  # zero width: dropped
-            [2, 0.7, 1, 2, 3, 4],
-        ],
-        np.float32,
-    )
-    out = split_detections(paddle.to_tensor(bboxes), paddle.to_tensor(np.array([2, 1], np.int32)))
-    assert len(out) == 2
-    np.testing.assert_array_equal(out[0]["boxes"], [[0, 0, 10, 10]])
-    assert out[0]["labels"].dtype == np.int64 and out[0]["labels"].tolist() == [1]
-    assert out[0]["scores"].dtype == np.float32
-    np.testing.assert_array_equal(out[1]["boxes"], [[1, 2, 3, 4]])
-    with pytest.raises(ValueError, match="bbox_num"):
-        split_detections(bboxes, np.array([1, 1]))
 
 
 class _PostprocessWrapper(paddle.nn.Layer):

@@ -27,6 +27,7 @@ from fcos.config import InputConfig
 from fcos.data.preprocess import RESIZE_BACKENDS, preprocess
 from fcos.inference.results import Results
 from fcos.inference.timing import StageTimer
+from fcos.utils.detections import drops_empty_boxes, split_detections
 
 logger = logging.getLogger(__name__)
 
@@ -366,25 +367,6 @@ def create_paddle_predictor(
     return pi.create_predictor(config)
 
 
-def split_batch_detections(
-    bboxes: np.ndarray, bbox_num: np.ndarray, drop_empty: bool = True
-) -> list[dict[str, np.ndarray]]:
-    """Split the graph's [K, 6] rows [label, score, x1, y1, x2, y2] by ``bbox_num`` (N,) into per-image
-    dicts (boxes (k,4) float32, scores (k,), labels (k,) int64); drops label -1 rows and, with
-    ``drop_empty`` (box rule "clip_drop_empty"), boxes of zero width or height."""
-    out, start = [], 0
-    bboxes = np.asarray(bboxes, dtype=np.float32).reshape(-1, 6)
-    for n in np.asarray(bbox_num).reshape(-1).tolist():
-        rows = bboxes[start : start + int(n)]
-        start += int(n)
-        keep = rows[:, 0] >= 0
-        if drop_empty:
-            keep &= (rows[:, 4] > rows[:, 2]) & (rows[:, 5] > rows[:, 3])
-        rows = rows[keep]
-        out.append({"boxes": rows[:, 2:6].copy(), "scores": rows[:, 1].copy(), "labels": rows[:, 0].astype(np.int64)})
-    return out
-
-
 _ONEDNN_PIR_BUG = "ConvertPirAttribute2RuntimeAttribute"
 
 
@@ -555,7 +537,7 @@ class DeployPredictor:
         )
         t2 = time.perf_counter()
         bboxes, bbox_num = self._pick_outputs(outputs)
-        dets = split_batch_detections(bboxes, bbox_num, self.cfg.box_rule == "clip_drop_empty")
+        dets = split_detections(bboxes, bbox_num, drop_empty=drops_empty_boxes(self.cfg.box_rule))
         if len(dets) != len(images):
             raise DeployError(f"exported model returned detections for {len(dets)} images, expected {len(images)}")
         results = [

@@ -8,7 +8,9 @@ its share and ``evaluate`` gathers all results on rank 0.
 
     evaluator = CocoEvaluator("annotations/val.json", category_ids=dataset.category_ids)
     evaluator.reset()
-    evaluator.process(batch.image_ids, split_detections(bboxes, bbox_num))
+    bboxes, bbox_num = model(batch.images, batch.im_shape, batch.scale_factor)  # eval mode
+    drop_empty = drops_empty_boxes(cfg.model.postprocess.box_rule)  # fcos.utils.detections
+    evaluator.process(batch.image_ids, split_detections(bboxes.numpy(), bbox_num.numpy(), drop_empty=drop_empty))
     metrics = evaluator.evaluate()   # {"val/bbox_mAP": 0.41, "val/bbox_AP50": ..., ...}
 """
 

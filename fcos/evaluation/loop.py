@@ -9,15 +9,15 @@ from typing import Any, Callable, Optional
 import paddle
 
 from fcos.evaluation.coco_eval import CocoEvaluator
+from fcos.utils.detections import drops_empty_boxes, split_detections
 
 
 def predict_batch(model: paddle.nn.Layer, batch: Any) -> list[dict]:
     """Eval-mode forward of one ``Batch`` -> per-image dict(boxes (k,4) xyxy original pixels, scores, labels)."""
-    from fcos.modeling.postprocess import drops_empty_boxes, split_detections
-
     bboxes, bbox_num = model(batch.images, batch.im_shape, batch.scale_factor)
     detector = getattr(model, "_layers", model)  # paddle.DataParallel wraps the detector
-    return split_detections(bboxes, bbox_num, drops_empty_boxes(detector.cfg.postprocess))
+    drop_empty = drops_empty_boxes(detector.cfg.postprocess.box_rule)
+    return split_detections(bboxes.numpy(), bbox_num.numpy(), drop_empty=drop_empty)
 
 
 def run_evaluation(

@@ -22,6 +22,7 @@ from fcos.data.coco_names import default_category_ids, default_class_names
 from fcos.data.preprocess import preprocess
 from fcos.inference.results import Results
 from fcos.inference.timing import StageTimer
+from fcos.utils.detections import drops_empty_boxes, split_detections
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +117,10 @@ class Detector:
         """
         import paddle
 
-        from fcos.modeling.postprocess import drops_empty_boxes, split_detections
-
         if isinstance(images, (np.ndarray, str)):
             images = [images]
         batch_size = self.batch_size if batch_size is None else batch_size
+        drop_empty = drops_empty_boxes(self.cfg.model.postprocess.box_rule)
         out: list[Results] = []
         for start in range(0, len(images), max(1, batch_size)):
             chunk = list(images[start : start + max(1, batch_size)])
@@ -145,7 +145,7 @@ class Detector:
                 )
                 bboxes.numpy()  # wait for the computation inside the "infer" stage
             t2 = time.perf_counter()
-            dets = split_detections(bboxes, bbox_num, drops_empty_boxes(self.cfg.model.postprocess))
+            dets = split_detections(bboxes.numpy(), bbox_num.numpy(), drop_empty=drop_empty)
             for det, img, name in zip(dets, arrays, names):
                 out.append(
                     Results(

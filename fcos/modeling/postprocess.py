@@ -11,9 +11,10 @@ Steps (AdelaiDet order; the torchvision / PaddleDetection variants are config sw
      torchvision), keep the best ``max_dets`` per image, sorted by score;
   6. back to the original image by ``box_rule``, as each reference does it:
      "clip_drop_empty" (detectron2 ``detector_postprocess``): divide by scale_factor (x by sx, y by sy),
-     clip to the original size round(im_shape / scale_factor), and :func:`split_detections` drops boxes
-     of zero width or height; "clip_keep" (torchvision): clip to the resized image, divide, keep every
-     box; "none" (PaddleDetection): divide only, so boxes may reach outside the image.
+     clip to the original size round(im_shape / scale_factor), and
+     :func:`fcos.utils.detections.split_detections` drops boxes of zero width or height; "clip_keep"
+     (torchvision): clip to the resized image, divide, keep every box; "none" (PaddleDetection):
+     divide only, so boxes may reach outside the image.
 
 Everything is fixed-shape tensor ops (top-k on masked scores instead of boolean indexing, Paddle's
 batched ``multiclass_nms3``), so it runs in dygraph and under ``paddle.jit.to_static`` with dynamic
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import paddle
 import paddle.nn.functional as F
 
@@ -194,43 +194,3 @@ def postprocess_detections(
         raise ValueError(f"model.postprocess.box_rule must be clip_drop_empty, clip_keep or none, got {cfg.box_rule!r}")
     bboxes = paddle.concat([detections[:, 0:2], det_boxes], axis=1)
     return bboxes, bbox_num
-
-
-def drops_empty_boxes(cfg: PostprocessConfig) -> bool:
-    """Whether ``cfg.box_rule`` drops boxes of zero width or height after NMS (detectron2's rule)."""
-    return cfg.box_rule == "clip_drop_empty"
-
-
-def split_detections(
-    bboxes: paddle.Tensor | np.ndarray, bbox_num: paddle.Tensor | np.ndarray, drop_empty: bool = True
-) -> list[dict]:
-    """Per-image numpy results from ``postprocess_detections`` output.
-
-    Returns a list (one per image) of dict(boxes (k,4) float32 xyxy original pixels, scores (k,) float32,
-    labels (k,) int64). With ``drop_empty`` (box rule "clip_drop_empty", detectron2's ``nonempty()``)
-    boxes with zero width or height are dropped; rows with a negative label (padding) always are.
-    """
-    bboxes_np = np.asarray(bboxes.numpy() if isinstance(bboxes, paddle.Tensor) else bboxes, dtype=np.float32)
-    counts = np.asarray(bbox_num.numpy() if isinstance(bbox_num, paddle.Tensor) else bbox_num).reshape(-1)
-    bboxes_np = bboxes_np.reshape(-1, 6)
-    if int(counts.sum()) != bboxes_np.shape[0]:
-        raise ValueError(
-            f"split_detections: bbox_num sums to {int(counts.sum())} but there are {bboxes_np.shape[0]} rows"
-        )
-    results = []
-    start = 0
-    for count in counts.tolist():
-        rows = bboxes_np[start : start + int(count)]
-        start += int(count)
-        boxes = rows[:, 2:6]
-        keep = rows[:, 0] >= 0
-        if drop_empty:
-            keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        results.append(
-            {
-                "boxes": boxes[keep].astype(np.float32),
-                "scores": rows[keep, 1].astype(np.float32),
-                "labels": rows[keep, 0].astype(np.int64),
-            }
-        )
-    return results

@@ -20,7 +20,7 @@ import paddle
 import fcos
 from fcos.checkpoint.weights import load_weights
 from fcos.inference.matching import box_iou
-from fcos.modeling.postprocess import drops_empty_boxes, split_detections
+from fcos.utils.detections import drops_empty_boxes, split_detections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IOU_MIN = 0.99
@@ -92,7 +92,8 @@ def our_detections(model: Any, images: np.ndarray, im_shape: tuple[int, int]) ->
             paddle.to_tensor([[1.0, 1.0]], dtype="float32"),
         )
     # the model's rows become results as everywhere in the library (the box rule may drop empty boxes here)
-    return split_detections(bboxes, bbox_num, drops_empty_boxes(model.cfg.postprocess))[0]
+    drop_empty = drops_empty_boxes(model.cfg.postprocess.box_rule)
+    return split_detections(bboxes.numpy(), bbox_num.numpy(), drop_empty=drop_empty)[0]
 
 
 def _one_way(a: dict, b: dict) -> tuple[np.ndarray, float, float]:
