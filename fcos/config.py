@@ -25,6 +25,12 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the file."""
 
 
+# The pipeline rules' choices, one definition for the config check, the code that applies them and infer_cfg.yml
+RESIZE_BACKENDS = ("pil", "opencv", "torch_float")  # input.resize_backend (fcos/data/preprocess.py)
+SIZE_ROUNDINGS = ("round", "floor")  # input.size_rounding (fcos/data/preprocess.py)
+BOX_RULES = ("clip_drop_empty", "clip_keep", "none")  # model.postprocess.box_rule (fcos/modeling/postprocess.py)
+
+
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
@@ -411,9 +417,9 @@ _CHOICES = {
     "model.loss.cls_normalizer": ("fg", "moving_fg"),
     "input.channel_order": ("BGR", "RGB"),
     "input.interp": ("bilinear", "nearest", "area"),
-    "input.resize_backend": ("pil", "opencv", "torch_float"),
-    "input.size_rounding": ("round", "floor"),
-    "model.postprocess.box_rule": ("clip_drop_empty", "clip_keep", "none"),
+    "input.resize_backend": RESIZE_BACKENDS,
+    "input.size_rounding": SIZE_ROUNDINGS,
+    "model.postprocess.box_rule": BOX_RULES,
     "train.amp_dtype": ("float16", "bfloat16"),
     "train.monitor_mode": ("max", "min"),
     "train.nan_policy": ("stop", "skip"),

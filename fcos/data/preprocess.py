@@ -29,11 +29,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from fcos.config import InputConfig
+from fcos.config import RESIZE_BACKENDS, SIZE_ROUNDINGS, InputConfig
 
 _INTERP = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "area": cv2.INTER_AREA}
 _PIL_INTERP = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "area": Image.BOX}
-RESIZE_BACKENDS = ("pil", "opencv", "torch_float")
 
 
 def resized_shape(h: int, w: int, short: int, max_size: int, rounding: str = "round") -> tuple[int, int]:
@@ -52,7 +51,7 @@ def resized_shape(h: int, w: int, short: int, max_size: int, rounding: str = "ro
             scale = min(scale, max_size / max(h, w))
         return max(1, math.floor(h * scale)), max(1, math.floor(w * scale))
     if rounding != "round":
-        raise ValueError(f"size rounding must be 'round' or 'floor', got {rounding!r}")
+        raise ValueError(f"size rounding must be one of {list(SIZE_ROUNDINGS)}, got {rounding!r}")
     scale = short / min(h, w)
     if h < w:
         newh, neww = float(short), scale * w

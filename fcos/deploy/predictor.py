@@ -23,8 +23,8 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from fcos.config import InputConfig
-from fcos.data.preprocess import RESIZE_BACKENDS, preprocess
+from fcos.config import BOX_RULES, RESIZE_BACKENDS, SIZE_ROUNDINGS, InputConfig
+from fcos.data.preprocess import preprocess
 from fcos.inference.results import Results
 from fcos.inference.timing import StageTimer
 from fcos.utils.detections import drops_empty_boxes, split_detections
@@ -149,7 +149,6 @@ _PREPROCESS_KEYS = {
 }
 # An export written before resize_backend / size_rounding existed resized with OpenCV and rounded.
 _LEGACY_RESIZE = {"resize_backend": "opencv", "size_rounding": "round"}
-BOX_RULES = ("clip_drop_empty", "clip_keep", "none")
 
 
 def _check_keys(section: Any, known: set[str], where: str) -> None:
@@ -214,8 +213,10 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
         raise DeployError(
             f"{where}: key 'resize_backend' must be one of {', '.join(RESIZE_BACKENDS)}, got {inp.resize_backend!r}"
         )
-    if inp.size_rounding not in ("round", "floor"):
-        raise DeployError(f"{where}: key 'size_rounding' must be round or floor, got {inp.size_rounding!r}")
+    if inp.size_rounding not in SIZE_ROUNDINGS:
+        raise DeployError(
+            f"{where}: key 'size_rounding' must be one of {', '.join(SIZE_ROUNDINGS)}, got {inp.size_rounding!r}"
+        )
     post = data.get("postprocess") or {}
     if not isinstance(post, dict):
         raise DeployError(f"{path} postprocess: must be a mapping, got {post!r}")

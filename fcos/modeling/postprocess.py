@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import paddle
 import paddle.nn.functional as F
 
-from fcos.config import PostprocessConfig
+from fcos.config import BOX_RULES, PostprocessConfig
 
 _INVALID_SCORE = -1.0  # score of non-candidates; NMS drops everything at or below _NMS_SCORE_FLOOR
 _NMS_SCORE_FLOOR = -0.5
@@ -191,6 +191,6 @@ def postprocess_detections(
         unused = paddle.gather(im_shape, image_index).sum(axis=1, keepdim=True) * 0.0
         det_boxes = det_boxes / scale_xyxy + unused
     else:
-        raise ValueError(f"model.postprocess.box_rule must be clip_drop_empty, clip_keep or none, got {cfg.box_rule!r}")
+        raise ValueError(f"model.postprocess.box_rule must be one of {', '.join(BOX_RULES)}, got {cfg.box_rule!r}")
     bboxes = paddle.concat([detections[:, 0:2], det_boxes], axis=1)
     return bboxes, bbox_num
