@@ -204,6 +204,11 @@ class ScheduleConfig:
     # steps per epoch, the last partial batch dropped) and the values given for them are replaced.
     epochs: int = 0
     milestone_epochs: list[int] = field(default_factory=list)
+    # Step-based recipes: when data.batch_size differs from optim.base_batch_size (optim.scale_lr on), also divide
+    # max_steps, milestones, warmup_steps, train.eval_every and train.ckpt_every by k = batch_size / base_batch_size
+    # (int(round(x / k))) while the LR is multiplied by k: detectron2's DefaultTrainer.auto_scale_workers (active when
+    # SOLVER.REFERENCE_WORLD_SIZE != 0). False: only the LR scales. Epoch-based schedules follow the batch already.
+    scale_steps: bool = False
 
 
 @dataclass
@@ -467,6 +472,11 @@ def validate_config(cfg: Config, src: str = "<config>") -> None:
         raise ConfigError(f"{src}: key 'schedule.milestone_epochs' needs schedule.epochs > 0")
     if any(not 0 < e <= cfg.schedule.epochs for e in cfg.schedule.milestone_epochs):
         raise ConfigError(f"{src}: key 'schedule.milestone_epochs' must lie in 1..schedule.epochs")
+    if cfg.schedule.scale_steps and cfg.schedule.epochs > 0:
+        raise ConfigError(
+            f"{src}: key 'schedule.scale_steps' is for step-based schedules; with schedule.epochs > 0 the steps "
+            "already follow data.batch_size"
+        )
     if list(cfg.schedule.milestones) != sorted(cfg.schedule.milestones):
         raise ConfigError(f"{src}: key 'schedule.milestones' must be increasing")
     if m.head.norm == "gn" and m.fpn.out_channels % m.head.gn_groups:

@@ -63,22 +63,70 @@ def scaled_base_lr(cfg: Config) -> float:
     """``optim.lr`` scaled by ``data.batch_size / optim.base_batch_size`` (linear scaling rule) when
     ``optim.scale_lr`` is on and the total batch differs from the one the recipe was tuned for."""
     lr = cfg.optim.lr
-    total, base = cfg.data.batch_size, cfg.optim.base_batch_size
-    if cfg.optim.scale_lr and base > 0 and total != base:
-        scaled = lr * total / base
-        logger.info("linear scaling rule: batch %d vs recipe %d -> lr %.6g (was %.6g)", total, base, scaled, lr)
+    k = batch_scale(cfg)
+    if k != 1.0:
+        scaled = lr * k
+        logger.info(
+            "linear scaling rule: batch %d vs recipe %d -> lr %.6g (was %.6g)",
+            cfg.data.batch_size,
+            cfg.optim.base_batch_size,
+            scaled,
+            lr,
+        )
         return scaled
     return lr
+
+
+def batch_scale(cfg: Config) -> float:
+    """k = ``data.batch_size / optim.base_batch_size`` when ``optim.scale_lr`` is on, else 1."""
+    total, base = cfg.data.batch_size, cfg.optim.base_batch_size
+    if cfg.optim.scale_lr and base > 0 and total != base:
+        return total / base
+    return 1.0
+
+
+def scale_schedule_to_batch(cfg: Config) -> Config:
+    """``cfg`` with a step-based schedule divided by k = :func:`batch_scale` when ``schedule.scale_steps`` is on.
+
+    detectron2's ``DefaultTrainer.auto_scale_workers``: the LR is multiplied by k (:func:`scaled_base_lr`) and
+    ``MAX_ITER``, ``STEPS``, ``WARMUP_ITERS``, ``EVAL_PERIOD``, ``CHECKPOINT_PERIOD`` become ``int(round(x / k))``
+    (Python's round, halves to even), so a smaller batch trains the same number of epochs. ``cfg`` itself when
+    nothing changes (scaling off, k = 1, or an epoch-based schedule).
+    """
+    s = cfg.schedule
+    k = batch_scale(cfg)
+    if not s.scale_steps or s.epochs > 0 or k == 1.0:
+        return cfg
+
+    def div(x: int) -> int:
+        return int(round(x / k))
+
+    sched = dataclasses.replace(
+        s, max_steps=div(s.max_steps), milestones=[div(m) for m in s.milestones], warmup_steps=div(s.warmup_steps)
+    )
+    train = dataclasses.replace(cfg.train, eval_every=div(cfg.train.eval_every), ckpt_every=div(cfg.train.ckpt_every))
+    logger.info(
+        "batch %d vs recipe %d: schedule scaled by 1/%.4g -> %d steps, LR steps at %s, warmup %d "
+        "(detectron2 auto_scale_workers rule)",
+        cfg.data.batch_size,
+        cfg.optim.base_batch_size,
+        k,
+        sched.max_steps,
+        sched.milestones,
+        sched.warmup_steps,
+    )
+    return dataclasses.replace(cfg, schedule=sched, train=train)
 
 
 def resolve_epoch_schedule(cfg: Config, num_images: int) -> Config:
     """``cfg`` with ``schedule.max_steps`` and ``schedule.milestones`` computed from ``schedule.epochs`` and
     ``schedule.milestone_epochs`` for a training set of ``num_images`` images (``num_images // data.batch_size``
     steps per epoch: torchvision's GroupedBatchSampler and PaddleDetection's drop_last reader both drop the last
-    partial batch); ``cfg`` itself when the schedule is in steps (``schedule.epochs`` 0)."""
+    partial batch). A schedule in steps (``schedule.epochs`` 0) goes through :func:`scale_schedule_to_batch`
+    instead (``cfg`` itself unless ``schedule.scale_steps`` and the batch differs from the recipe's)."""
     s = cfg.schedule
     if s.epochs <= 0:
-        return cfg
+        return scale_schedule_to_batch(cfg)
     per_epoch = max(1, int(num_images) // max(1, cfg.data.batch_size))
     resolved = dataclasses.replace(
         s, max_steps=s.epochs * per_epoch, milestones=[e * per_epoch for e in s.milestone_epochs]
