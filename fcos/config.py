@@ -174,6 +174,11 @@ class DataConfig:
     # recipe (_coco_remove_images_without_annotations) and PaddleDetection (allow_empty False) do; False keeps them
     # as background images
     drop_images_without_boxes: bool = False
+    # Per-device training batches of one aspect-ratio group (fcos/data/grouping.py): "none" (PaddleDetection),
+    # "orientation" (detectron2 ASPECT_RATIO_GROUPING: width > height or not), "quantized" (torchvision
+    # --aspect-ratio-group-factor: 2 * aspect_ratio_group_factor + 2 log-spaced width/height bins)
+    aspect_ratio_grouping: str = "none"
+    aspect_ratio_group_factor: int = 3
     albumentations: list[dict[str, Any]] = field(default_factory=list)  # [{name: Blur, p: 0.1, ...}]
     check_on_start: bool = True  # run the dataset checks before training
 
@@ -425,6 +430,7 @@ _CHOICES = {
     "input.resize_backend": RESIZE_BACKENDS,
     "input.size_rounding": SIZE_ROUNDINGS,
     "model.postprocess.box_rule": BOX_RULES,
+    "data.aspect_ratio_grouping": ("none", "orientation", "quantized"),
     "train.amp_dtype": ("float16", "bfloat16"),
     "train.monitor_mode": ("max", "min"),
     "train.nan_policy": ("stop", "skip"),
@@ -472,6 +478,8 @@ def validate_config(cfg: Config, src: str = "<config>") -> None:
         raise ConfigError(f"{src}: key 'schedule.milestone_epochs' needs schedule.epochs > 0")
     if any(not 0 < e <= cfg.schedule.epochs for e in cfg.schedule.milestone_epochs):
         raise ConfigError(f"{src}: key 'schedule.milestone_epochs' must lie in 1..schedule.epochs")
+    if cfg.data.aspect_ratio_group_factor < 0:
+        raise ConfigError(f"{src}: key 'data.aspect_ratio_group_factor' must be >= 0")
     if cfg.schedule.scale_steps and cfg.schedule.epochs > 0:
         raise ConfigError(
             f"{src}: key 'schedule.scale_steps' is for step-based schedules; with schedule.epochs > 0 the steps "

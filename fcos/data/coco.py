@@ -229,6 +229,11 @@ class CocoDetection:
         r = self._records[index]
         return {**r, "boxes": r["boxes"].copy(), "labels": r["labels"].copy(), "iscrowd": r["iscrowd"].copy()}
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of image ``index`` from the annotation file (or its header), without decoding it."""
+        r = self._records[index]
+        return int(r["height"]), int(r["width"])
+
     def load_image(self, index: int) -> np.ndarray:
         """BGR uint8 (H, W, 3), EXIF-oriented; raises ImageReadError naming the path."""
         return read_image(self._records[index]["path"])

@@ -106,6 +106,11 @@ class DetectionDataset(paddle.io.Dataset):
     def __len__(self) -> int:
         return len(self._index)
 
+    def image_sizes(self) -> np.ndarray:
+        """(N, 2) int64 (height, width) of every sample in dataset order, as the annotation file gives them (read
+        from the file header where the JSON has none); no image is decoded."""
+        return np.asarray([self.coco.image_size(i) for i in self._index], dtype=np.int64).reshape(-1, 2)
+
     # -- samples --------------------------------------------------------------------------------
     def __getitem__(self, key: Key) -> Optional[Sample]:
         if isinstance(key, (tuple, list)):

@@ -7,6 +7,11 @@ slice ``r*G/W .. (r+1)*G/W``, and each position ``p`` has its own augmentation s
 (seed, p). Resuming at step ``k`` therefore replays exactly the batches an uninterrupted run would
 have seen, whatever the number of workers, and all ranks together see each epoch once.
 
+With ``data.aspect_ratio_grouping`` (detectron2's and torchvision's recipes) each per-device batch holds images of
+one aspect-ratio group: :class:`fcos.data.grouping.GroupedBatchStream` turns the same epoch permutations into
+per-device batches, and rank ``r`` of ``W`` takes batch ``step * W + r`` of that stream, again a pure function of
+(seed, step, rank, world size), so resume stays exact.
+
 Worker processes (``data.num_workers``, 0 = load in the main process) are seeded per worker for any
 code that uses the global random state. When ``/dev/shm`` is too small for the batches in flight
 (Docker's 64 MB default), shared memory is switched off with a warning; if a worker still dies (bus
@@ -30,6 +35,7 @@ import paddle
 from fcos.config import Config
 from fcos.data.batch import Batch, NumpyBatch, Sample, collate_samples
 from fcos.data.dataset import DetectionDataset
+from fcos.data.grouping import GroupedBatchStream, group_ids
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +88,35 @@ def step_keys(
 
 
 class TrainBatchSampler:
-    """Endless batch sampler yielding :func:`step_keys` for steps ``start_step, start_step + 1, ...``."""
+    """Endless batch sampler yielding :func:`step_keys` for steps ``start_step, start_step + 1, ...``.
+
+    ``groups`` (N,) (aspect-ratio group per sample, see :mod:`fcos.data.grouping`): each per-device batch is
+    batch ``step * world_size + rank`` of the :class:`GroupedBatchStream` over the same epoch permutations, every
+    image in it from one group; the augmentation seed follows the image's position in the sample stream.
+    """
 
     def __init__(
-        self, num_samples: int, per_device: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1
+        self,
+        num_samples: int,
+        per_device: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        groups: Optional[np.ndarray] = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.num_samples, self.per_device, self.seed = int(num_samples), int(per_device), int(seed)
         self.start_step, self.rank, self.world_size = int(start_step), int(rank), int(world_size)
         self._perm_cache: dict[int, np.ndarray] = {}
+        self.stream: Optional[GroupedBatchStream] = None
+        if groups is not None:
+            if len(groups) != self.num_samples:
+                raise ValueError(f"{len(groups)} group ids for {self.num_samples} samples")
+            self.stream = GroupedBatchStream(
+                groups, self.per_device, functools.partial(epoch_permutation, self.seed, num_samples=self.num_samples)
+            )
 
     def _index(self, p: int) -> int:
         epoch, offset = divmod(p, self.num_samples)
@@ -102,7 +127,10 @@ class TrainBatchSampler:
         return int(perm[offset])
 
     def keys(self, step: int) -> list[tuple[int, int]]:
-        """The same keys as :func:`step_keys`, with the epoch permutation cached."""
+        """The same keys as :func:`step_keys`, with the epoch permutation cached (or the grouped batch)."""
+        if self.stream is not None:
+            batch = self.stream.batch(step * self.world_size + self.rank)
+            return [(index, augmentation_seed(self.seed, position)) for index, position in batch]
         base = step * self.per_device * self.world_size + self.rank * self.per_device
         return [(self._index(base + j), augmentation_seed(self.seed, base + j)) for j in range(self.per_device)]
 
@@ -324,10 +352,28 @@ def build_train_loader(
             per_device,
             per_device * world_size,
         )
-    sampler = TrainBatchSampler(len(ds), per_device, cfg.train.seed, start_step, rank, world_size)
+    sampler = TrainBatchSampler(
+        len(ds), per_device, cfg.train.seed, start_step, rank, world_size, groups=train_groups(ds, cfg)
+    )
     max_side = max(cfg.input.train_max, max(cfg.input.train_shorts))
     loader = _make_loader(ds, sampler, cfg, _batch_bytes(per_device, max_side, cfg.input.size_divisor))
     return _train_batches(loader)
+
+
+def train_groups(ds: DetectionDataset, cfg: Config) -> Optional[np.ndarray]:
+    """Aspect-ratio group per training sample for ``data.aspect_ratio_grouping`` (None: no grouping), from the
+    image sizes in the annotation file; the group sizes are logged."""
+    mode = cfg.data.aspect_ratio_grouping
+    if mode == "none":
+        return None
+    groups = group_ids(mode, ds.image_sizes(), cfg.data.aspect_ratio_group_factor)
+    values, counts = np.unique(groups, return_counts=True)
+    logger.info(
+        "aspect-ratio grouping %s: images per group %s",
+        mode,
+        {int(v): int(c) for v, c in zip(values, counts)},
+    )
+    return groups
 
 
 def _train_batches(loader: paddle.io.DataLoader) -> Iterator[Batch]:
