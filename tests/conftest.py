@@ -73,6 +73,24 @@ def demo_weights(tmp_path_factory, demo_category_ids) -> str:
 
 
 @pytest.fixture(scope="session")
+def demo_export(tmp_path_factory) -> str:
+    """configs/demo_shapes.yml's model with seeded detection-rich weights (``make_detection_rich`` seed 1),
+    exported once per session with category ids 1..4 (``model.json``, ``model.pdiparams``, ``infer_cfg.yml``).
+    Shared: a test module works on its own ``shutil.copytree`` of it, so no module's edits reach another."""
+    import fcos
+    from fcos.export import export_model
+    from fcos.inference.synthetic_weights import make_detection_rich
+
+    cfg = fcos.load_config(os.path.join(ROOT, "configs", "demo_shapes.yml"))
+    paddle.seed(0)
+    model = fcos.build_model(cfg)
+    make_detection_rich(model, seed=1)
+    out = str(tmp_path_factory.mktemp("demo_export") / "model")
+    export_model(model, cfg, out, cfg.data.class_names, [1, 2, 3, 4])
+    return out
+
+
+@pytest.fixture(scope="session")
 def load_tool():
     """``load_tool("infer")``: tools/infer.py loaded as a fresh module (its ``main`` takes an argv list)."""
     import importlib.util

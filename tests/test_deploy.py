@@ -60,13 +60,10 @@ def test_find_model_files_errors_name_the_directory(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> str:
-    cfg = fcos.load_config(CONFIG)
-    paddle.seed(0)
-    model = fcos.build_model(cfg)
-    make_detection_rich(model, seed=1)
+def export_dir(demo_export, tmp_path_factory) -> str:
+    """This module's copy of the shared demo export (conftest ``demo_export``)."""
     out = str(tmp_path_factory.mktemp("deploy") / "model")
-    export_model(model, cfg, out, cfg.data.class_names, [1, 2, 3, 4])
+    shutil.copytree(demo_export, out)
     return out
 
 
@@ -141,16 +138,14 @@ def test_deploy_infer_without_model_dir_uses_the_demo_export(export_dir, tmp_pat
     assert (tmp_path / "out" / "a.png").is_file()
 
 
-def test_image_without_detections_on_onednn(tmp_path):
+def test_image_without_detections_on_onednn(export_dir, tmp_path):
     """An image whose NMS keeps nothing gives an empty result on the oneDNN predictor (Paddle 3.3's
     oneDNN kernels fail on empty tensors), and later images with detections still match dygraph."""
     cfg = fcos.load_config(CONFIG)
     paddle.seed(0)
     model = fcos.build_model(cfg)
-    make_detection_rich(model, seed=1)
-    out = str(tmp_path / "model")
-    export_model(model, cfg, out, cfg.data.class_names, [1, 2, 3, 4])
-    pred = DeployPredictor(out, use_mkldnn=True, draw_threshold=0.0)
+    make_detection_rich(model, seed=1)  # the model of export_dir
+    pred = DeployPredictor(export_dir, use_mkldnn=True, draw_threshold=0.0)
     textured, blank = make_check_images()[0], np.zeros((120, 150, 3), np.uint8)
     # a blank image gives no detections once the class bias is lowered enough to silence flat input
     detector = fcos.Detector(cfg, model=model)

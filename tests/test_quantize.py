@@ -7,33 +7,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
-import paddle
 import pytest
 import yaml
 
-import fcos
 from fcos.deploy.factory import create_predictor
 from fcos.deploy.precision_match import precision_match
 from fcos.deploy.predictor import DeployError, DeployPredictor
 from fcos.deploy.quantize import QuantizeError, downstream, final_convs, quantize_export
-from fcos.export import compare_detections, export_model, export_onnx, make_check_images
-from fcos.inference.synthetic_weights import make_detection_rich
+from fcos.export import compare_detections, export_onnx, make_check_images
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo_shapes.yml")
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> str:
-    """The demo config's model with seeded detection-rich weights, exported with model.onnx."""
-    cfg = fcos.load_config(CONFIG)
-    paddle.seed(0)
-    model = fcos.build_model(cfg)
-    make_detection_rich(model, seed=1)
+def export_dir(demo_export, tmp_path_factory) -> str:
+    """This module's copy of the shared demo export (conftest ``demo_export``), with model.onnx added."""
     out = str(tmp_path_factory.mktemp("q") / "fp32")
-    export_model(model, cfg, out, cfg.data.class_names, [1, 2, 3, 4])
+    shutil.copytree(demo_export, out)
     export_onnx(out)
     return out
 
