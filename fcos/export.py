@@ -27,6 +27,7 @@ from fcos.config import Config
 from fcos.data.preprocess import preprocess
 from fcos.deploy.predictor import INFER_CFG_NAME, find_model_files
 from fcos.inference.matching import MatchStats, match_detections
+from fcos.modeling.postprocess import reads_im_shape
 from fcos.utils.detections import drops_empty_boxes, split_detections
 
 MODEL_PREFIX = "model"
@@ -38,14 +39,23 @@ class InferenceModel(paddle.nn.Layer):
     image (N, 3, H, W) float32 normalised and padded; im_shape (N, 2) resized (h, w) before padding;
     scale_factor (N, 2) (sy, sx) = resized / original. Returns what ``FCOS`` returns in eval mode:
     rows [label, score, x1, y1, x2, y2] in original pixels, and int32 detections per image.
+
+    Every recipe exports this one signature, but paddle.jit.save rejects an input the graph does not use.
+    When the recipe's postprocessing never reads im_shape (box rule "none" without clipping before NMS),
+    ``ties_im_shape`` is set and forward adds ``0 * sum(im_shape)`` to the rows: a few flops, and x + 0 == x
+    for the finite sizes an image has.
     """
 
     def __init__(self, model: paddle.nn.Layer) -> None:
         super().__init__()
         self.model = model
+        self.ties_im_shape = not reads_im_shape(model.cfg.postprocess)
 
     def forward(self, image: paddle.Tensor, im_shape: paddle.Tensor, scale_factor: paddle.Tensor) -> Any:
-        return self.model(image, im_shape, scale_factor)
+        bboxes, bbox_num = self.model(image, im_shape, scale_factor)
+        if self.ties_im_shape:
+            bboxes = bboxes + im_shape.sum() * 0.0
+        return bboxes, bbox_num
 
 
 class HeadOnlyModel(paddle.nn.Layer):

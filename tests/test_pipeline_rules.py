@@ -254,9 +254,12 @@ def test_recipes_nms_rule():
 @pytest.mark.parametrize("box_rule", ["clip_keep", "none"])
 def test_every_box_rule_exports_and_matches_dygraph(tmp_path, box_rule):
     """paddle.jit.save rejects an input the graph does not use; "none" uses no image size, yet the export keeps
-    the one signature (image, im_shape, scale_factor) of every recipe. The reloaded model equals dygraph."""
+    the one signature (image, im_shape, scale_factor) of every recipe, on Paddle Inference and in ONNX. The
+    reloaded model equals dygraph, and ONNX Runtime equals Paddle Inference."""
     import fcos
-    from fcos.export import check_export, export_model
+    from fcos.deploy.onnx_predictor import OnnxPredictor
+    from fcos.deploy.predictor import DeployPredictor
+    from fcos.export import InferenceModel, check_export, check_onnx, export_model, export_onnx
     from fcos.inference.synthetic_weights import make_detection_rich
 
     cfg = load_config("configs/demo_shapes.yml", [f"model.postprocess.box_rule={box_rule}"])
@@ -264,8 +267,15 @@ def test_every_box_rule_exports_and_matches_dygraph(tmp_path, box_rule):
     model = fcos.build_model(cfg)
     make_detection_rich(model, seed=1)
     model.eval()
+    assert InferenceModel(model).ties_im_shape == (box_rule == "none")  # clip_keep reads im_shape anyway
     out = str(tmp_path / box_rule)
     export_model(model, cfg, out, cfg.data.class_names, [1, 2, 3, 4])
     assert load_infer_cfg(out).box_rule == box_rule
+    signature = ["image", "im_shape", "scale_factor"]
+    assert DeployPredictor(out, use_mkldnn=False).input_names == signature
     check = check_export(model, cfg, out, sizes=[(160, 224)], runtime={"use_mkldnn": False})
     assert check.passed and check.compared > 50, str(check)
+    onnx_file = export_onnx(out)
+    assert OnnxPredictor(out, onnx_file=onnx_file).input_names == signature
+    onnx_check = check_onnx(out, onnx_file)
+    assert onnx_check.passed and onnx_check.compared > 50, str(onnx_check)

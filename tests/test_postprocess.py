@@ -11,7 +11,7 @@ import pytest
 
 from fcos.config import PostprocessConfig
 from fcos.modeling.points import compute_points
-from fcos.modeling.postprocess import postprocess_detections
+from fcos.modeling.postprocess import postprocess_detections, reads_im_shape
 from fcos.utils.detections import split_detections
 
 NEG = -30.0  # sigmoid -> ~0
@@ -101,6 +101,20 @@ def test_per_level_topk_and_small_level():
     # Without the cap all six candidates survive.
     _, bbox_num = _run([level0, level1], PostprocessConfig(score_thresh=0.05, pre_nms_topk=1000))
     assert bbox_num.tolist() == [6]
+
+
+@pytest.mark.parametrize("box_rule", ["clip_drop_empty", "clip_keep", "none"])
+@pytest.mark.parametrize("clip_before_nms", [False, True])
+def test_reads_im_shape_says_whether_the_image_size_matters(box_rule, clip_before_nms):
+    """The export wrapper ties im_shape into the graph exactly when reads_im_shape is false: then the detections
+    do not depend on it; otherwise a box crossing the image edge shows that they do."""
+    level = Level(1, 1, 2, 2, stride=8)
+    level.set(0, 0, 0, 0, 0.9, ltrb=[2, 2, 20, 20])  # point (4, 4) -> [2, 2, 24, 24]
+    cfg = PostprocessConfig(box_rule=box_rule, clip_before_nms=clip_before_nms)
+    large, _ = _run([level], cfg, im_shape=[[100.0, 100.0]])
+    small, _ = _run([level], cfg, im_shape=[[16.0, 16.0]])
+    assert reads_im_shape(cfg) == (box_rule != "none" or clip_before_nms)
+    assert np.array_equal(large, small) == (not reads_im_shape(cfg))
 
 
 def test_regression_scaled_by_stride_when_normalised():

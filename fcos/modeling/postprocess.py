@@ -102,6 +102,12 @@ def _separate_empty_boxes(boxes: paddle.Tensor) -> paddle.Tensor:
     return boxes + shift.unsqueeze(2)
 
 
+def reads_im_shape(cfg: PostprocessConfig) -> bool:
+    """Whether :func:`postprocess_detections` uses ``im_shape``: to clip before NMS or by the box rule
+    ("none" only divides by ``scale_factor``)."""
+    return cfg.clip_before_nms or cfg.box_rule != "none"
+
+
 def postprocess_detections(
     cls_logits: Sequence[paddle.Tensor],
     bbox_reg: Sequence[paddle.Tensor],
@@ -186,10 +192,7 @@ def postprocess_detections(
         original_shape = paddle.round(im_shape / scale_factor)
         det_boxes = _clip_boxes(det_boxes / scale_xyxy, paddle.gather(original_shape, image_index))
     elif cfg.box_rule == "none":
-        # im_shape plays no part here; adding 0 * it keeps it an input of the exported graph, whose signature
-        # (image, im_shape, scale_factor) is the same for every recipe (paddle.jit.save rejects unused inputs)
-        unused = paddle.gather(im_shape, image_index).sum(axis=1, keepdim=True) * 0.0
-        det_boxes = det_boxes / scale_xyxy + unused
+        det_boxes = det_boxes / scale_xyxy
     else:
         raise ValueError(f"model.postprocess.box_rule must be one of {', '.join(BOX_RULES)}, got {cfg.box_rule!r}")
     bboxes = paddle.concat([detections[:, 0:2], det_boxes], axis=1)
