@@ -29,6 +29,7 @@ class ConfigError(ValueError):
 RESIZE_BACKENDS = ("pil", "opencv", "torch_float")  # input.resize_backend (fcos/data/preprocess.py)
 SIZE_ROUNDINGS = ("round", "floor")  # input.size_rounding (fcos/data/preprocess.py)
 BOX_RULES = ("clip_drop_empty", "clip_keep", "none")  # model.postprocess.box_rule (fcos/modeling/postprocess.py)
+EMPTY_IMAGE_RULES = ("valid_box", "any_annotation", "box_over_1px", "positive_box")  # data.empty_image_rule (coco.py)
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,6 +179,12 @@ class DataConfig:
     # "orientation" (detectron2 ASPECT_RATIO_GROUPING: width > height or not), "quantized" (torchvision
     # --aspect-ratio-group-factor: 2 * aspect_ratio_group_factor + 2 log-spaced width/height bins)
     aspect_ratio_grouping: str = "none"
+    # with drop_images_without_boxes, which images count as empty (fcos/data/coco.py): "valid_box" no box left after
+    # loading; "any_annotation" no non-crowd annotation (detectron2); "box_over_1px" no annotation, crowd included,
+    # with a JSON bbox > 1 px both ways (torchvision); "positive_box" no non-crowd bbox > 1e-5 px (PaddleDetection)
+    empty_image_rule: str = "valid_box"
+    drop_zero_area: bool = False  # leave out annotations whose JSON area is <= 0 (PaddleDetection COCODataSet)
+    box_decimals: int = -1  # round loaded box corners to this many decimals (PaddleDetection COCODataSet: 3); -1: no
     aspect_ratio_group_factor: int = 3
     albumentations: list[dict[str, Any]] = field(default_factory=list)  # [{name: Blur, p: 0.1, ...}]
     check_on_start: bool = True  # run the dataset checks before training
@@ -431,6 +438,7 @@ _CHOICES = {
     "input.size_rounding": SIZE_ROUNDINGS,
     "model.postprocess.box_rule": BOX_RULES,
     "data.aspect_ratio_grouping": ("none", "orientation", "quantized"),
+    "data.empty_image_rule": EMPTY_IMAGE_RULES,
     "train.amp_dtype": ("float16", "bfloat16"),
     "train.monitor_mode": ("max", "min"),
     "train.nan_policy": ("stop", "skip"),
@@ -478,6 +486,8 @@ def validate_config(cfg: Config, src: str = "<config>") -> None:
         raise ConfigError(f"{src}: key 'schedule.milestone_epochs' needs schedule.epochs > 0")
     if any(not 0 < e <= cfg.schedule.epochs for e in cfg.schedule.milestone_epochs):
         raise ConfigError(f"{src}: key 'schedule.milestone_epochs' must lie in 1..schedule.epochs")
+    if cfg.data.box_decimals < -1:
+        raise ConfigError(f"{src}: key 'data.box_decimals' must be -1 (no rounding) or >= 0")
     if cfg.data.aspect_ratio_group_factor < 0:
         raise ConfigError(f"{src}: key 'data.aspect_ratio_group_factor' must be >= 0")
     if cfg.schedule.scale_steps and cfg.schedule.epochs > 0:

@@ -95,8 +95,9 @@ def validate_boxes(
     where: str,
     report: ConversionReport,
     border_tolerance: float = 0.5,
+    merge_duplicates: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Drop, clip and de-duplicate boxes of one image; record what happened in ``report``.
+    """Drop, clip and (``merge_duplicates``) de-duplicate boxes of one image; record what happened in ``report``.
 
     boxes (M, 4) xyxy pixels, labels (M,) int. Returns (boxes (K, 4) float64, labels (K,) int64),
     boxes inside [0, width] x [0, height] with positive width and height, order kept.
@@ -125,7 +126,7 @@ def validate_boxes(
             report.add("dropped (empty after clipping)", where, _fmt_box(box))
             continue
         key = (int(label), *np.round(box, 3).tolist())
-        if key in seen:
+        if merge_duplicates and key in seen:
             report.add("merged (duplicate box)", where, f"{_fmt_box(box)} class {int(label)}")
             continue
         seen.add(key)

@@ -9,7 +9,8 @@ errors (the dataset is wrong; training would skip or crash on these):
 warnings (recoverable; the loader drops or clips them the same way):
     degenerate boxes (NaN/inf, width or height <= 0), boxes past the border, malformed ``bbox``,
     image sizes that disagree with the JSON (with a hint when it is the EXIF rotation), duplicate
-    file names, duplicate annotation ids, annotation id 0, duplicate boxes.
+    file names, duplicate annotation ids, annotation id 0, duplicate boxes (kept by the loader, as every
+    reference keeps them; the txt/VOC converters merge them).
 
 Nothing is ever written into the dataset; the report goes to ``out_dir`` as ``dataset_report.json``
 plus ``class_distribution.png``.

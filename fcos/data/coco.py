@@ -3,12 +3,28 @@
 Category ids need not be contiguous or start at 1: contiguous labels 0..C-1 follow the category
 ids in increasing order (the detectron2 rule), and ``category_ids[label]`` maps back for results.
 Images without boxes stay in the dataset as background images. Crowd annotations
-(``iscrowd=1``) are dropped from the training targets, as detectron2/AdelaiDet do; pass
-``include_crowd=True`` to keep them (flagged in ``iscrowd``).
+(``iscrowd=1``) are dropped from the training targets, as all three references do (detectron2's
+DatasetMapper, torchvision's ConvertCocoPolysToMask, PaddleDetection's COCODataSet with
+load_crowd False); pass ``include_crowd=True`` to keep them (flagged in ``iscrowd``).
 
 Box problems found while loading (NaN, x2<=x1, past the border) are fixed the same way the
 converters fix them (dropped or clipped) and counted in ``dataset.load_report``; an unknown
-``category_id`` or a duplicate image id is an error naming the file and the annotation.
+``category_id`` or a duplicate image id is an error naming the file and the annotation. Identical
+boxes are kept (the references train on both; the converters merge them). ``drop_zero_area``
+leaves out annotations whose JSON ``area`` is <= 0 and ``box_decimals=3`` rounds the corners
+x1, y1, x1 + w, y1 + h to 3 decimals (Python's round) after the checks, as PaddleDetection does (a
+sliver thinner than 5e-4 px can become empty and is then dropped).
+
+Which images training leaves out as having no boxes differs between the references; every record
+carries the answer for each rule (:data:`EMPTY_IMAGE_RULES`, ``record["has_boxes"][rule]``):
+
+* ``valid_box``: no box left after loading (ours);
+* ``any_annotation``: no non-crowd annotation at all, whatever its box (detectron2
+  ``filter_images_with_only_crowd_annotations``; an image whose only box is degenerate trains as background);
+* ``box_over_1px``: no annotation, crowd ones included, with a JSON bbox wider and taller than 1 px
+  (torchvision references ``_coco_remove_images_without_annotations``);
+* ``positive_box``: no non-crowd annotation with x2 - x1 > 1e-5 and y2 - y1 > 1e-5 in the JSON, unclipped
+  (PaddleDetection ``COCODataSet.parse_dataset``, allow_empty False; with ``drop_zero_area`` also area > 0).
 """
 
 from __future__ import annotations
@@ -21,10 +37,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+from fcos.config import EMPTY_IMAGE_RULES
 from fcos.data.annotations import ConversionReport, validate_boxes
 from fcos.data.image_io import ImageReadError, read_image, read_image_size
 
 logger = logging.getLogger(__name__)
+
+_PADDLEDET_MIN_SIZE = 1e-5  # COCODataSet: x2 - x1 > eps and y2 - y1 > eps
 
 
 class DatasetError(ValueError):
@@ -110,10 +129,14 @@ class CocoDetection:
         class_names: Optional[list[str]] = None,
         include_crowd: bool = False,
         label_map: Optional[LabelMap] = None,
+        drop_zero_area: bool = False,
+        box_decimals: int = -1,
     ) -> None:
         self.image_dir = image_dir
         self.ann_file = ann_file
         self.include_crowd = include_crowd
+        self.drop_zero_area = drop_zero_area
+        self.box_decimals = int(box_decimals)
         data = load_coco_json(ann_file)
         json_map = LabelMap.from_categories(data["categories"], ann_file)
         if label_map is not None:
@@ -183,11 +206,20 @@ class CocoDetection:
                     raise DatasetError(f"{self.ann_file}: image id {image_id} has no height/width and {e}") from e
             where = f"{self.ann_file} image {image_id} ({img['file_name']})"
             boxes, labels, crowd = [], [], []
-            for ann in anns_by_image.get(image_id, []):
+            anns = anns_by_image.get(image_id, [])
+            has_boxes = {"any_annotation": False, "box_over_1px": False, "positive_box": False}
+            for ann in anns:
                 is_crowd = int(ann.get("iscrowd", 0))
+                has_boxes["box_over_1px"] |= _over_1px(ann.get("bbox"))
                 if is_crowd and not self.include_crowd:
                     self.load_report.counts["crowd annotations dropped"] += 1
                     continue
+                has_boxes["any_annotation"] |= not is_crowd
+                area = ann.get("area")
+                if self.drop_zero_area and isinstance(area, (int, float)) and not area > 0:
+                    self.load_report.add("dropped (area <= 0)", where, f"annotation id {ann.get('id')}: area {area!r}")
+                    continue
+                has_boxes["positive_box"] |= not is_crowd and _positive(ann.get("bbox"))
                 bbox = ann.get("bbox")
                 if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
                     self.load_report.add("dropped (malformed bbox)", where, f"annotation id {ann.get('id')}: {bbox!r}")
@@ -197,7 +229,10 @@ class CocoDetection:
                 except (TypeError, ValueError):
                     self.load_report.add("dropped (malformed bbox)", where, f"annotation id {ann.get('id')}: {bbox!r}")
                     continue
-                boxes.append([x, y, x + bw, y + bh])
+                corners = [x, y, x + bw, y + bh]
+                if self.box_decimals >= 0:  # PaddleDetection: round(float(v), 3) of each corner
+                    corners = [round(v, self.box_decimals) for v in corners]
+                boxes.append(corners)
                 labels.append(self.label_map.category_to_label[int(ann["category_id"])])
                 crowd.append(is_crowd)
             kept_boxes, kept_labels, kept_crowd = _validate_with_flags(
@@ -213,6 +248,7 @@ class CocoDetection:
                     "boxes": kept_boxes.astype(np.float32),
                     "labels": kept_labels,
                     "iscrowd": kept_crowd,
+                    "has_boxes": {**has_boxes, "valid_box": bool(np.any(kept_crowd == 0))},
                 }
             )
         bad = {k: v for k, v in self.load_report.counts.items() if not k.startswith("crowd")}
@@ -228,6 +264,12 @@ class CocoDetection:
         """A copy of record ``index`` (boxes xyxy in original image pixels, labels contiguous)."""
         r = self._records[index]
         return {**r, "boxes": r["boxes"].copy(), "labels": r["labels"].copy(), "iscrowd": r["iscrowd"].copy()}
+
+    def has_boxes(self, index: int, rule: str) -> bool:
+        """Whether image ``index`` counts as having boxes under ``rule`` (one of :data:`EMPTY_IMAGE_RULES`)."""
+        if rule not in EMPTY_IMAGE_RULES:
+            raise ValueError(f"unknown empty-image rule {rule!r}; expected one of {list(EMPTY_IMAGE_RULES)}")
+        return bool(self._records[index]["has_boxes"][rule])
 
     def image_size(self, index: int) -> tuple[int, int]:
         """(height, width) of image ``index`` from the annotation file (or its header), without decoding it."""
@@ -248,8 +290,25 @@ def _validate_with_flags(
     # encode (label, crowd) into one integer so duplicates are judged per class and crowd flag
     num = max(labels) + 1
     encoded = np.asarray(labels, dtype=np.int64) + num * np.asarray(crowd, dtype=np.int64)
-    kept, enc = validate_boxes(np.asarray(boxes), encoded, h, w, where, report)
+    kept, enc = validate_boxes(np.asarray(boxes), encoded, h, w, where, report, merge_duplicates=False)
     return kept, enc % num, enc // num
+
+
+def _over_1px(bbox: Any) -> bool:
+    """torchvision's test: a JSON bbox [x, y, w, h] is not empty unless w <= 1 or h <= 1."""
+    try:
+        return not any(float(v) <= 1 for v in bbox[2:4]) and len(bbox) == 4
+    except (TypeError, ValueError):
+        return False
+
+
+def _positive(bbox: Any) -> bool:
+    """PaddleDetection's test: x1 + w - x1 > 1e-5 and y1 + h - y1 > 1e-5 (float64, unclipped)."""
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return False
+    return (x + w) - x > _PADDLEDET_MIN_SIZE and (y + h) - y > _PADDLEDET_MIN_SIZE
 
 
 def _check_compatible(json_map: LabelMap, label_map: LabelMap, ann_file: str) -> None:

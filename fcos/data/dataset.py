@@ -48,7 +48,10 @@ class DetectionDataset(paddle.io.Dataset):
         flip_prob: probability of a horizontal flip (train mode).
         albumentations: ``[{name: ClassName, **kwargs}, ...]`` (or a built transform), train mode only.
         class_names: if given, must equal the JSON category names in label order (catches mix-ups).
-        drop_images_without_boxes: train mode: index only the images that have boxes (the references' rule).
+        drop_images_without_boxes: train mode: index only the images that have boxes.
+        empty_image_rule: what "has boxes" means (fcos.data.coco: each reference's rule).
+        drop_zero_area: leave out annotations whose JSON area is <= 0 (PaddleDetection).
+        box_decimals: round loaded box corners to this many decimals (PaddleDetection: 3; -1 keeps them).
 
     ``dataset[i]`` or ``dataset[(i, aug_seed)]`` returns a :class:`Sample` (or None in test mode when
     the image file is unreadable: the loader leaves it out and logs its path). In train mode an
@@ -65,13 +68,23 @@ class DetectionDataset(paddle.io.Dataset):
         albumentations: Optional[Union[list[dict[str, Any]], AlbumentationsTransform]] = None,
         class_names: Optional[list[str]] = None,
         drop_images_without_boxes: bool = False,
+        empty_image_rule: str = "valid_box",
+        drop_zero_area: bool = False,
+        box_decimals: int = -1,
     ) -> None:
         super().__init__()
         self.split = split
         self.input_cfg = input_cfg
         self.train = bool(train)
         self.flip_prob = float(flip_prob)
-        self.coco = CocoDetection(split.image_dir, split.ann_file, class_names=class_names, label_map=label_map)
+        self.coco = CocoDetection(
+            split.image_dir,
+            split.ann_file,
+            class_names=class_names,
+            label_map=label_map,
+            drop_zero_area=drop_zero_area,
+            box_decimals=box_decimals,
+        )
         if isinstance(albumentations, AlbumentationsTransform):
             self.album: Optional[AlbumentationsTransform] = albumentations
         else:
@@ -80,14 +93,15 @@ class DetectionDataset(paddle.io.Dataset):
         # dataset position -> image index of the COCO file
         self._index = list(range(len(self.coco)))
         if self.train and drop_images_without_boxes:
-            self._index = [i for i in self._index if len(self.coco.get_record(i)["boxes"]) > 0]
+            self._index = [i for i in self._index if self.coco.has_boxes(i, empty_image_rule)]
             dropped = len(self.coco) - len(self._index)
             if dropped:
                 logger.info(
-                    "%s: %d of %d images have no boxes and are left out of training",
+                    "%s: %d of %d images have no boxes (rule %s) and are left out of training",
                     split.ann_file,
                     dropped,
                     len(self.coco),
+                    empty_image_rule,
                 )
 
     # -- metadata -------------------------------------------------------------------------------
@@ -105,6 +119,11 @@ class DetectionDataset(paddle.io.Dataset):
 
     def __len__(self) -> int:
         return len(self._index)
+
+    def record(self, index: int) -> dict[str, Any]:
+        """The annotation record of sample ``index`` (see :meth:`CocoDetection.get_record`): boxes xyxy in the
+        original image's pixels before any transform."""
+        return self.coco.get_record(self._index[index])
 
     def image_sizes(self) -> np.ndarray:
         """(N, 2) int64 (height, width) of every sample in dataset order, as the annotation file gives them (read

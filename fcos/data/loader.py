@@ -299,6 +299,9 @@ def build_train_dataset(cfg: Config) -> DetectionDataset:
         albumentations=cfg.data.albumentations or None,
         class_names=cfg.data.class_names or None,
         drop_images_without_boxes=cfg.data.drop_images_without_boxes,
+        empty_image_rule=cfg.data.empty_image_rule,
+        drop_zero_area=cfg.data.drop_zero_area,
+        box_decimals=cfg.data.box_decimals,
     )
     _check_num_classes(ds, cfg)
     return ds
