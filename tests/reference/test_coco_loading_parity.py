@@ -9,7 +9,9 @@ with every edge case (tests/coco_rules_data.py) (``make test-reference``).
   are applied here to ``torchvision.datasets.CocoDetection``'s annotations): ``_coco_remove_images_without_annotations``
   keeps an image if some annotation, crowd ones included, has a bbox with w > 1 and h > 1;
   ``ConvertCocoPolysToMask`` drops crowd annotations, converts xywh -> xyxy in float32, clamps to the image and
-  keeps x2 > x1 and y2 > y1; labels are the raw category ids (the 91-way model).
+  keeps x2 > x1 and y2 > y1; labels are the raw category ids (the 91-way model). The later ``--use-v2`` path
+  (``wrap_dataset_for_transforms_v2``) keeps crowd boxes as targets and FCOS never looks at ``iscrowd``, but it is
+  off by default and the published fcos_resnet50_fpn weights predate it (train.py at 3ceb056 has only this path).
 * r50_ms_2x vs PaddleDetection: ``COCODataSet.parse_dataset`` in .venv-ppdet (non-crowd, JSON area > 0,
   x2 - x1 > 1e-5 and y2 - y1 > 1e-5 unclipped, coordinates rounded to 3 decimals, images without such a box
   left out), then ``Resize.apply_bbox``'s clip to the image; boxes it leaves with zero width or height are not
