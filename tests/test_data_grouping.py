@@ -211,6 +211,14 @@ def test_loader_batches_follow_the_groups(mixed_sizes):
         # the resized images keep their orientation
         for h, w in batch.im_shape.numpy().tolist():
             assert (w > h) in orients
+    # resume: a loader started at step 5 yields the batches of steps 5, 6 of an uninterrupted one
+    fresh = build_train_loader(cfg, ds, rank=0, world_size=1)
+    first = [next(fresh) for _ in range(7)]
+    resumed = build_train_loader(cfg, ds, start_step=5, rank=0, world_size=1)
+    for want in first[5:]:
+        got = next(resumed)
+        assert got.image_ids == want.image_ids
+        np.testing.assert_array_equal(got.images.numpy(), want.images.numpy())
     cfg_none = config_from_dict({**_as_dict(cfg), "data": {**_as_dict(cfg)["data"], "aspect_ratio_grouping": "none"}})
     assert train_groups(ds, cfg_none) is None
 
