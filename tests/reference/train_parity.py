@@ -16,6 +16,7 @@ Comparisons: ``rel_l2``, ``compare_gradients`` (per-parameter rule and report).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -38,9 +39,12 @@ SEMANTIC_TOL = 5e-6  # relative L2, ours in float64 (float32 loss arithmetic) vs
 GROUP_FACTOR = 3.0  # towers / FPN / backbone, whole group: |ours - ref64| <= GROUP_FACTOR * |ref32 - ref64|
 DEEP_FACTOR = 8.0  # per parameter: |ours - ref64| <= DEEP_FACTOR * |ref32 - ref64| + DEEP_FLOOR (relative L2)
 DEEP_FLOOR = 1e-5
-# A second float32 reference run on the input scaled by 1 + PERTURB (a rounding-sized change) shows which
-# gradients jump at a ReLU kink; the reference's float32 spread is the larger of its two float32 runs' errors.
+# More float32 reference runs on a rounding-sized change of the input show which gradients jump at a ReLU kink:
+# the input scaled by 1 + PERTURB, or (``noisy_input``) each element times 1 + NOISE * N(0, 1) with seeds
+# NOISE_SEEDS. The reference's float32 spread is the largest of its float32 runs' errors.
 PERTURB = 2.0**-20
+NOISE = 2.0**-22  # 2 float32 ulps
+NOISE_SEEDS = (0, 1, 2, 3)
 
 
 @dataclass
@@ -251,11 +255,16 @@ def _group_norm(grads: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
     return np.concatenate([grads[n].ravel() for n in names])
 
 
-def _spread(g32: np.ndarray, g64: np.ndarray, name: str, perturbed: Optional[dict[str, np.ndarray]]) -> float:
-    """The reference's own float32 error of one gradient: float32 vs float64, and (when given) a float32 run on the
-    input scaled by 1 + PERTURB vs float64 (the larger)."""
-    spread = rel_l2(g32, g64)
-    return max(spread, rel_l2(perturbed[name], g64)) if perturbed is not None else spread
+def noisy_input(images: np.ndarray, seed: int) -> np.ndarray:
+    """``images`` (float32) with every element times 1 + NOISE * N(0, 1) (``seed``): a rounding-sized change."""
+    rng = np.random.default_rng(seed)
+    return (images * (1.0 + NOISE * rng.standard_normal(size=images.shape))).astype(np.float32)
+
+
+def _spread(g32: np.ndarray, g64: np.ndarray, name: str, perturbed: Sequence[dict[str, np.ndarray]]) -> float:
+    """The reference's own float32 error of one gradient: the largest of its float32 runs' (the plain one and
+    the ``perturbed`` ones) relative L2 distances to its float64 gradient."""
+    return max([rel_l2(g32, g64)] + [rel_l2(p[name], g64) for p in perturbed])
 
 
 def compare_gradients(
@@ -267,7 +276,7 @@ def compare_gradients(
     ref_frozen: list[str],
     ours_frozen: list[str],
     unused_ok: Callable[[str], bool] = lambda name: False,
-    ref32_perturbed: Optional[dict[str, np.ndarray]] = None,
+    ref32_perturbed: Sequence[dict[str, np.ndarray]] = (),
 ) -> dict[str, Any]:
     """Every reference gradient (``ref32`` float32 run, ``ref64`` float64 run, keyed by reference names) against
     ours (``ours32`` / ``ours64``, keyed by our names) through ``key_map`` (reference name -> our name):
@@ -284,8 +293,11 @@ def compare_gradients(
       reference itself (its float32 vs float64 spread, measured here per group): ours vs the float64 gradient
       within GROUP_FACTOR x that spread per group, and per parameter within DEEP_FACTOR x the larger of its own
       and its group's spread (+ DEEP_FLOOR): which elements flip is random, so one parameter's spread is noisy;
-      the spread is the larger of the float32 run's and ``ref32_perturbed``'s (a float32 run on the input scaled by
-      1 + PERTURB) errors against float64: P6/P7 gradients of torchvision jump by 3e-3 for such a change;
+      the spread is the largest of the float32 run's and the ``ref32_perturbed`` runs' (float32 runs on a
+      rounding-sized change of the input) errors against float64. On the tv_r50 batch one pre-ReLU value of the
+      P7 classification tower is -5e-7 in float64, within float32 noise of its kink: our float32 run and the
+      reference's run on ``noisy_input(images, 1)`` both take the other branch, and both P6/P7 gradients move by
+      the same 1.6e-3 / 5.5e-3 (the report's ``nearest_ref32`` shows ours within ~1e-6 of one such run);
     * frozen parameters (reference: requires_grad False; ours: stop_gradient) map onto each other and take no
       gradient; a reference parameter that receives none must get none (or zeros, when ``unused_ok``) here.
     Returns the measurements (for the test's printout)."""
@@ -303,6 +315,7 @@ def compare_gradients(
             "vs64": rel_l2(ours32[our_name], g64),
             "vs32": rel_l2(ours32[our_name], g32),
             "spread": _spread(g32, g64, ref_name, ref32_perturbed),
+            "nearest32": min(rel_l2(ours32[our_name], r[ref_name]) for r in [ref32, *ref32_perturbed]),
         }
         rows.append(row)
         if row["sem"] > SEMANTIC_TOL:
@@ -338,12 +351,16 @@ def compare_gradients(
         o32 = _group_norm(ours32, names)
         r32 = np.concatenate([ref32[by_ref[n]].ravel() for n in names])
         r64 = np.concatenate([ref64[by_ref[n]].ravel() for n in names])
-        if ref32_perturbed is not None:
-            r32p = np.concatenate([ref32_perturbed[by_ref[n]].ravel() for n in names])
-            spread = max(rel_l2(r32, r64), rel_l2(r32p, r64))
-        else:
-            spread = rel_l2(r32, r64)
-        groups[group] = {"ours_vs64": rel_l2(o32, r64), "ref32_vs64": spread, "ours_vs32": rel_l2(o32, r32)}
+        spread = max(
+            [rel_l2(r32, r64)]
+            + [rel_l2(np.concatenate([p[by_ref[n]].ravel() for n in names]), r64) for p in ref32_perturbed]
+        )
+        groups[group] = {
+            "ours_vs64": rel_l2(o32, r64),
+            "ref32_vs64": spread,
+            "ours_vs32": rel_l2(o32, r32),
+            "max_nearest32": max(r["nearest32"] for r in rows if r["group"] == group),
+        }
         if group == "predictors":
             continue
         spread = groups[group]["ref32_vs64"]
@@ -381,6 +398,8 @@ def compare_gradients(
             rel(norm32, norm64),
         ),
         "worst_deep_vs_spread": worst_ratio and (worst_ratio["name"], worst_ratio["vs64"], worst_ratio["spread"]),
+        # per parameter, ours against the closest of the reference's float32 runs (plain and perturbed)
+        "max_nearest_ref32": max(((r["nearest32"], r["name"]) for r in rows), default=None),
     }
     assert not failures, f"{len(failures)} gradient mismatches ({stats}):\n" + "\n".join(failures[:20])
     return stats
