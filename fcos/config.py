@@ -29,6 +29,8 @@ class ConfigError(ValueError):
 RESIZE_BACKENDS = ("pil", "opencv", "torch_float")  # input.resize_backend (fcos/data/preprocess.py)
 SIZE_ROUNDINGS = ("round", "floor")  # input.size_rounding (fcos/data/preprocess.py)
 BOX_RULES = ("clip_drop_empty", "clip_keep", "none")  # model.postprocess.box_rule (fcos/modeling/postprocess.py)
+CHANNEL_ORDERS = ("BGR", "RGB")  # input.channel_order
+INTERPOLATIONS = ("bilinear", "nearest", "area")  # input.interp (fcos/data/preprocess.py)
 EMPTY_IMAGE_RULES = ("valid_box", "any_annotation", "box_over_1px", "positive_box")  # data.empty_image_rule (coco.py)
 
 
@@ -432,8 +434,8 @@ _CHOICES = {
     "model.head.norm": ("gn", "bn", "none"),
     "model.loss.box_loss": ("giou", "iou", "linear_iou"),
     "model.loss.cls_normalizer": ("fg", "moving_fg"),
-    "input.channel_order": ("BGR", "RGB"),
-    "input.interp": ("bilinear", "nearest", "area"),
+    "input.channel_order": CHANNEL_ORDERS,
+    "input.interp": INTERPOLATIONS,
     "input.resize_backend": RESIZE_BACKENDS,
     "input.size_rounding": SIZE_ROUNDINGS,
     "model.postprocess.box_rule": BOX_RULES,

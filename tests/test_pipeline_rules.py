@@ -206,6 +206,8 @@ def test_infer_cfg_rules_round_trip_and_legacy_default(tmp_path):
         ({"resize_backend": "cv2"}, {}, "preprocess: key 'resize_backend'"),
         ({"size_rounding": "ceil"}, {}, "preprocess: key 'size_rounding'"),
         ({}, {"box_rule": "drop"}, "postprocess: key 'box_rule'"),
+        ({"interp": "cubic"}, {}, "preprocess: key 'interp' must be one of bilinear, nearest, area, got 'cubic'"),
+        ({"channel_order": "bgr"}, {}, "preprocess: key 'channel_order' must be one of BGR, RGB"),
     ],
 )
 def test_infer_cfg_bad_rules_name_the_key(tmp_path, pre, post, message):

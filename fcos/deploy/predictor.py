@@ -23,7 +23,7 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from fcos.config import BOX_RULES, RESIZE_BACKENDS, SIZE_ROUNDINGS, InputConfig
+from fcos.config import BOX_RULES, CHANNEL_ORDERS, INTERPOLATIONS, RESIZE_BACKENDS, SIZE_ROUNDINGS, InputConfig
 from fcos.data.preprocess import preprocess
 from fcos.inference.results import Results
 from fcos.inference.timing import StageTimer
@@ -223,8 +223,12 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
     box_rule = _get(post, "box_rule", str, "clip_drop_empty", f"{path} postprocess")
     if box_rule not in BOX_RULES:
         raise DeployError(f"{path} postprocess: key 'box_rule' must be one of {', '.join(BOX_RULES)}, got {box_rule!r}")
-    if inp.channel_order not in ("BGR", "RGB"):
-        raise DeployError(f"{where}: key 'channel_order' must be BGR or RGB, got {inp.channel_order!r}")
+    if inp.channel_order not in CHANNEL_ORDERS:
+        raise DeployError(
+            f"{where}: key 'channel_order' must be one of {', '.join(CHANNEL_ORDERS)}, got {inp.channel_order!r}"
+        )
+    if inp.interp not in INTERPOLATIONS:
+        raise DeployError(f"{where}: key 'interp' must be one of {', '.join(INTERPOLATIONS)}, got {inp.interp!r}")
     if len(inp.mean) != 3 or len(inp.std) != 3 or any(s == 0 for s in inp.std):
         raise DeployError(f"{where}: keys 'mean' and 'std' need 3 values each (std non-zero)")
     if inp.test_short < 1 or inp.test_max < 0:
