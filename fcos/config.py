@@ -155,6 +155,10 @@ class InputConfig:
     # Resized size: "round" int(x + 0.5) with the short side exactly test_short (detectron2, PaddleDetection);
     # "floor" floor(side * scale), scale = min(short / min side, max / max side) (torchvision)
     size_rounding: str = "round"
+    # Training: a box whose width or height is <= this many pixels after the train transform (resize, flip,
+    # clip) is dropped. detectron2 (rt_*): 1e-5 (filter_empty_instances, Boxes.nonempty); torchvision and
+    # PaddleDetection drop none after resizing, which 0.0 follows (only boxes clipped to nothing go).
+    train_min_box_size: float = 1e-5
 
 
 @dataclass
@@ -457,6 +461,8 @@ def validate_config(cfg: Config, src: str = "<config>") -> None:
             obj = getattr(obj, part)
         if obj not in choices:
             raise ConfigError(f"{src}: key '{key}' must be one of {list(choices)}, got {obj!r}")
+    if not cfg.input.train_min_box_size >= 0:
+        raise ConfigError(f"{src}: key 'input.train_min_box_size' must be >= 0, got {cfg.input.train_min_box_size}")
     m = cfg.model
     n_levels = 3 + m.fpn.num_extra_levels
     if len(m.strides) != n_levels:

@@ -13,7 +13,7 @@ import fcos
 from fcos.config import ConfigError, DatasetSplit, InputConfig
 from fcos.data.dataset import DetectionDataset
 from fcos.data.loader import build_train_dataset
-from fcos.data.transforms import TRAIN_MIN_BOX_SIZE, clean_boxes
+from fcos.data.transforms import clean_boxes
 
 # labels follow the category ids in increasing order: 3 -> 0 ("c"), 7 -> 1 ("g"), 12 -> 2 ("l")
 C, G, L = 0, 1, 2
@@ -46,12 +46,12 @@ def tricky(tmp_path_factory):
     return write_coco_rules_dataset(str(tmp_path_factory.mktemp("tricky")))
 
 
-def training_boxes(ds: DetectionDataset) -> dict[int, list[tuple[list[float], int]]]:
-    """Per training image: the boxes the train transform keeps at scale 1 (clipped, width/height > 1e-5)."""
+def training_boxes(ds: DetectionDataset, min_size: float) -> dict[int, list[tuple[list[float], int]]]:
+    """Per training image: the boxes the train transform keeps at scale 1 (clipped, width/height > min_size)."""
     out = {}
     for i in range(len(ds)):
         rec = ds.record(i)
-        boxes, labels = clean_boxes(rec["boxes"], rec["labels"], rec["height"], rec["width"], TRAIN_MIN_BOX_SIZE)
+        boxes, labels = clean_boxes(rec["boxes"], rec["labels"], rec["height"], rec["width"], min_size)
         out[rec["image_id"]] = [(b.tolist(), int(lab)) for b, lab in zip(boxes, labels)]
     return out
 
@@ -69,7 +69,7 @@ def test_each_recipe_trains_on_its_references_images_and_boxes(tricky, recipe):
             "data.drop_images_without_boxes=true",
         ],
     )
-    got = training_boxes(build_train_dataset(cfg))
+    got = training_boxes(build_train_dataset(cfg), cfg.input.train_min_box_size)
     want = EXPECTED[recipe]
     assert sorted(got) == sorted(want)
     for image_id, boxes in want.items():

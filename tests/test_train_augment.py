@@ -61,6 +61,20 @@ def test_resize_then_flip_box_math(rule: str, flip: bool) -> None:
     assert labels.tolist() == [1, 2, 4]
 
 
+@pytest.mark.parametrize("min_size,kept", [(1e-5, [1]), (0.0, [1, 2])])
+def test_train_min_box_size(min_size: float, kept: list[int]) -> None:
+    """At scale 1 (100x100 image, short side 100) a box 4e-6 px wide is dropped by detectron2's 1e-5 rule and kept
+    by torchvision's / PaddleDetection's (input.train_min_box_size 0); a zero-width box is dropped by both."""
+    img = np.zeros((100, 100, 3), np.uint8)
+    x = np.float32(40.0)
+    boxes = np.array([[10, 10, 20, 20], [x, 10, x + np.float32(4e-6), 30], [50, 10, 50, 30]], np.float32)
+    assert 0 < boxes[1, 2] - boxes[1, 0] < 1e-5
+    cfg = dataclasses.replace(_cfg("pil", [100], 1000), train_min_box_size=min_size)
+    _, b, labels, _ = train_transform(img, boxes, np.array([1, 2, 3]), np.random.default_rng(0), cfg, 0.0)
+    assert labels.tolist() == kept
+    np.testing.assert_array_equal(b, boxes[np.array(kept) - 1])
+
+
 @pytest.mark.parametrize("rule", list(_RULES))
 def test_long_side_cap(rule: str) -> None:
     """300x1000 at short 800, max 1333: scale 1.333 -> 399.9 x 1333: 400 rounded, 399 floored (torchvision)."""

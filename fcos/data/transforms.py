@@ -20,8 +20,6 @@ import numpy as np
 from fcos.config import InputConfig
 from fcos.data.preprocess import prepare_image
 
-TRAIN_MIN_BOX_SIZE = 1e-5  # px: a transformed training box narrower or lower than this is dropped
-
 
 def resize_with_boxes(
     img: np.ndarray, boxes: np.ndarray, short: int, max_size: int, cfg: InputConfig
@@ -137,7 +135,7 @@ def train_transform(
     sy, sx = img_r.shape[1] / h0, img_r.shape[2] / w0
     if do_flip:
         img_r, boxes = hflip_with_boxes(img_r, boxes, chw=True)
-    # detectron2 clips and then drops boxes of width or height <= 1e-5 (filter_empty_instances, Boxes.nonempty);
-    # torchvision and PaddleDetection clip and drop none after resizing (their loaders already dropped empty boxes)
-    boxes, labels = clean_boxes(boxes, labels, img_r.shape[1], img_r.shape[2], min_size=TRAIN_MIN_BOX_SIZE)
+    # the recipe's rule (input.train_min_box_size): detectron2 clips and then drops boxes of width or height
+    # <= 1e-5; torchvision and PaddleDetection clip and drop none after resizing (their loaders dropped empty ones)
+    boxes, labels = clean_boxes(boxes, labels, img_r.shape[1], img_r.shape[2], min_size=cfg.train_min_box_size)
     return img_r, boxes, labels, (sy, sx)

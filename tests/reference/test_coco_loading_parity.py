@@ -36,7 +36,7 @@ from coco_rules_data import write_coco_rules_dataset  # noqa: E402
 from parity import recipe_config  # noqa: E402
 
 from fcos.data.loader import build_train_dataset  # noqa: E402
-from fcos.data.transforms import TRAIN_MIN_BOX_SIZE, clean_boxes  # noqa: E402
+from fcos.data.transforms import clean_boxes  # noqa: E402
 
 Boxes = dict[int, tuple[np.ndarray, list[int]]]  # image id -> (boxes (M, 4) float64 xyxy, category ids)
 
@@ -57,10 +57,11 @@ def _ours(recipe: str, image_dir: str, ann_file: str) -> Boxes:
         ],
     )
     ds = build_train_dataset(cfg)
+    min_size = cfg.input.train_min_box_size
     out = {}
     for i in range(len(ds)):
         rec = ds.record(i)
-        boxes, labels = clean_boxes(rec["boxes"], rec["labels"], rec["height"], rec["width"], TRAIN_MIN_BOX_SIZE)
+        boxes, labels = clean_boxes(rec["boxes"], rec["labels"], rec["height"], rec["width"], min_size)
         out[int(rec["image_id"])] = (boxes.astype(np.float64), [ds.label_map.category_ids[int(v)] for v in labels])
     return out
 
