@@ -297,7 +297,8 @@ def compare_gradients(
       rounding-sized change of the input) errors against float64. On the tv_r50 batch one pre-ReLU value of the
       P7 classification tower is -5e-7 in float64, within float32 noise of its kink: our float32 run and the
       reference's run on ``noisy_input(images, 1)`` both take the other branch, and both P6/P7 gradients move by
-      the same 1.6e-3 / 5.5e-3 (the report's ``nearest_ref32`` shows ours within ~1e-6 of one such run);
+      the same 1.6e-3 / 5.5e-3 (ours is within 2.8e-6 of that run's P6/P7 gradients; the report's
+      ``max_nearest32`` per group is the largest distance of ours to the closest reference float32 run);
     * frozen parameters (reference: requires_grad False; ours: stop_gradient) map onto each other and take no
       gradient; a reference parameter that receives none must get none (or zeros, when ``unused_ok``) here.
     Returns the measurements (for the test's printout)."""
