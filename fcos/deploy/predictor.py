@@ -135,6 +135,12 @@ def _get(d: dict, key: str, typ: type, default: Any, where: str) -> Any:
     return v
 
 
+def _check_choice(value: str, choices: tuple[str, ...], key: str, where: str) -> None:
+    """A DeployError naming ``key`` in ``where`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise DeployError(f"{where}: key '{key}' must be one of {', '.join(choices)}, got {value!r}")
+
+
 _PREPROCESS_KEYS = {
     "target_size",
     "max_size",
@@ -209,26 +215,15 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
         resize_backend=_get(pp, "resize_backend", str, _LEGACY_RESIZE["resize_backend"], where),
         size_rounding=_get(pp, "size_rounding", str, _LEGACY_RESIZE["size_rounding"], where),
     )
-    if inp.resize_backend not in RESIZE_BACKENDS:
-        raise DeployError(
-            f"{where}: key 'resize_backend' must be one of {', '.join(RESIZE_BACKENDS)}, got {inp.resize_backend!r}"
-        )
-    if inp.size_rounding not in SIZE_ROUNDINGS:
-        raise DeployError(
-            f"{where}: key 'size_rounding' must be one of {', '.join(SIZE_ROUNDINGS)}, got {inp.size_rounding!r}"
-        )
+    _check_choice(inp.resize_backend, RESIZE_BACKENDS, "resize_backend", where)
+    _check_choice(inp.size_rounding, SIZE_ROUNDINGS, "size_rounding", where)
     post = data.get("postprocess") or {}
     if not isinstance(post, dict):
         raise DeployError(f"{path} postprocess: must be a mapping, got {post!r}")
     box_rule = _get(post, "box_rule", str, "clip_drop_empty", f"{path} postprocess")
-    if box_rule not in BOX_RULES:
-        raise DeployError(f"{path} postprocess: key 'box_rule' must be one of {', '.join(BOX_RULES)}, got {box_rule!r}")
-    if inp.channel_order not in CHANNEL_ORDERS:
-        raise DeployError(
-            f"{where}: key 'channel_order' must be one of {', '.join(CHANNEL_ORDERS)}, got {inp.channel_order!r}"
-        )
-    if inp.interp not in INTERPOLATIONS:
-        raise DeployError(f"{where}: key 'interp' must be one of {', '.join(INTERPOLATIONS)}, got {inp.interp!r}")
+    _check_choice(box_rule, BOX_RULES, "box_rule", f"{path} postprocess")
+    _check_choice(inp.channel_order, CHANNEL_ORDERS, "channel_order", where)
+    _check_choice(inp.interp, INTERPOLATIONS, "interp", where)
     if len(inp.mean) != 3 or len(inp.std) != 3 or any(s == 0 for s in inp.std):
         raise DeployError(f"{where}: keys 'mean' and 'std' need 3 values each (std non-zero)")
     if inp.test_short < 1 or inp.test_max < 0:
@@ -251,12 +246,8 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
         memory_optim=_get(rt, "memory_optim", bool, base.memory_optim, where_rt),
         onednn_cache_capacity=_get(rt, "onednn_cache_capacity", int, base.onednn_cache_capacity, where_rt),
     )
-    if runtime.backend not in BACKENDS:
-        raise DeployError(f"{where_rt}: key 'backend' must be one of {', '.join(BACKENDS)}, got {runtime.backend!r}")
-    if runtime.precision not in PRECISIONS:
-        raise DeployError(
-            f"{where_rt}: key 'precision' must be one of {', '.join(PRECISIONS)}, got {runtime.precision!r}"
-        )
+    _check_choice(runtime.backend, BACKENDS, "backend", where_rt)
+    _check_choice(runtime.precision, PRECISIONS, "precision", where_rt)
     names = [str(n) for n in data.get("class_names") or []]
     num_classes = int(data.get("num_classes") or len(names))
     if not names:
