@@ -143,9 +143,9 @@ class Detector:
                     paddle.to_tensor(batch.im_shape),
                     paddle.to_tensor(batch.scale_factor),
                 )
-                bboxes.numpy()  # wait for the computation inside the "infer" stage
+                rows = bboxes.numpy()  # the copy to host waits for the computation inside the "infer" stage
             t2 = time.perf_counter()
-            dets = split_detections(bboxes.numpy(), bbox_num.numpy(), drop_empty=drop_empty)
+            dets = split_detections(rows, bbox_num.numpy(), drop_empty=drop_empty)
             for det, img, name in zip(dets, arrays, names):
                 out.append(
                     Results(
