@@ -91,6 +91,9 @@ def test_int8_directories_say_precision_and_backend(int8_dirs):
         assert pred.engine().endswith("int8")
         with pytest.raises(DeployError, match="int8 model for"):
             create_predictor(d, backend="paddle")
+        auto = create_predictor(d, backend="auto", cpu_threads=1)  # its own engine, nothing timed
+        assert type(auto) is type(pred) and auto.timer.calls == 0
+        assert "the only engine that can run this export" in auto.notes[-1]
     # the OpenVINO int8 model really holds int8 FakeQuantize nodes, but not on the final predictors
     import openvino as ov
 

@@ -26,6 +26,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fcos.deploy.predictor import BACKEND_CHOICES  # noqa: E402
+
 
 def _bool(text: str) -> bool:
     low = text.strip().lower()
@@ -52,11 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", choices=("cpu", "gpu"), default=None, help="default: infer_cfg.yml runtime.device")
     ap.add_argument(
         "--backend",
-        choices=("paddle", "onnxruntime", "openvino"),
+        choices=BACKEND_CHOICES,
         default=None,
         help="inference engine (default: infer_cfg.yml runtime.backend, else paddle); onnxruntime/openvino "
-        "run model.onnx (tools/export.py --onnx) or the int8 model of tools/quantize.py",
+        "run model.onnx (tools/export.py --onnx) or the int8 model of tools/quantize.py; auto: the fastest "
+        "installed engine on this machine, timed once and remembered",
     )
+    ap.add_argument("--remeasure", action="store_true", help="--backend auto: time the engines again")
     ap.add_argument(
         "--run_mode", choices=("paddle", "trt_fp32", "trt_fp16"), default="paddle", help="GPU: TensorRT modes"
     )
@@ -136,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             max_size=args.max_size,
             draw_threshold=args.threshold,
             warmup=args.warmup,
+            remeasure=args.remeasure,
         )
     except (DeployError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

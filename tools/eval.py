@@ -7,6 +7,7 @@ Examples:
     python tools/eval.py -c configs/rt_dla34.yml --model_dir output/export/rt_dla34        # an export (fast engine)
     python tools/eval.py -c configs/rt_dla34.yml --model_dir output/export/rt_dla34_int8   # int8 (tools/quantize.py)
     python tools/eval.py -c configs/rt_dla34.yml --model_dir DIR --backend openvino        # DIR/model.onnx on OpenVINO
+    python tools/eval.py -c configs/rt_dla34.yml --model_dir DIR --backend auto            # the fastest engine here
 
 Prints the 12-number COCO table and the per-class AP table; writes metrics.json and pr_curve.png to
 --output (default: <train.output_dir>/eval). Every image of the annotation file counts, also those
@@ -22,6 +23,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fcos.deploy.predictor import BACKEND_CHOICES  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("-w", "--weights", help="weights or trainer checkpoint (.safetensors, .pdparams)")
     model.add_argument("--model_dir", "--model-dir", dest="model_dir", help="an export directory (tools/export.py)")
     ap.add_argument(
-        "--backend", choices=("paddle", "onnxruntime", "openvino"), default=None, help="--model_dir: engine"
+        "--backend", choices=BACKEND_CHOICES, default=None, help="--model_dir: engine (auto: the fastest here)"
     )
     ap.add_argument("--threads", type=int, default=0, help="--model_dir: CPU threads (0: all cores)")
     ap.add_argument("-o", "--opt", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")

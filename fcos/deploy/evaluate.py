@@ -92,7 +92,7 @@ def evaluate_export(
         per_class=dict(evaluator.per_class),
         summary_table=evaluator.summary_table(),
         per_class_table=evaluator.per_class_table(),
-        report=f"model: {model_dir} | {engine}",
+        report="\n".join([f"model: {model_dir} | {engine}"] + [f"note: {n}" for n in predictor.notes]),
         metrics_path=metrics_path,
         pr_curve_path=pr_path,
     )

@@ -1,14 +1,19 @@
 """The predictor for an export directory on the backend its infer_cfg.yml names (``runtime.backend``)
-or the caller asks for: Paddle Inference, ONNX Runtime or OpenVINO. All three share preprocessing,
-detection splitting, :class:`Results` and stage timing (:class:`DeployPredictor`)."""
+or the caller asks for: Paddle Inference, ONNX Runtime, OpenVINO, or ``auto`` (the fastest of them on this
+machine). All three share preprocessing, detection splitting, :class:`Results` and stage timing
+(:class:`DeployPredictor`)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
+from fcos.deploy.auto_backend import auto_candidates, choice_key, choose_backend, timing_image
 from fcos.deploy.onnx_predictor import OnnxPredictor
 from fcos.deploy.openvino_predictor import OpenVinoPredictor
-from fcos.deploy.predictor import BACKENDS, DeployError, DeployPredictor, load_infer_cfg
+from fcos.deploy.predictor import AUTO, BACKEND_CHOICES, DeployError, DeployPredictor, InferCfg, load_infer_cfg
+
+logger = logging.getLogger(__name__)
 
 
 def create_predictor(
@@ -23,21 +28,76 @@ def create_predictor(
     max_size: Optional[int] = None,
     draw_threshold: Optional[float] = None,
     warmup: int = 0,
+    remeasure: bool = False,
 ) -> DeployPredictor:
     """A predictor for ``model_dir`` on ``backend`` (default: infer_cfg.yml ``runtime.backend``, else
     ``paddle``). Options a backend cannot honour raise :class:`DeployError` (GPU and oneDNN switches are
-    Paddle Inference options; an int8 model runs only on the backend it was quantized for)."""
+    Paddle Inference options; an int8 model runs only on the backend it was quantized for).
+
+    ``backend="auto"`` builds the fastest engine that can run the export on this machine
+    (:mod:`fcos.deploy.auto_backend`; the choice is remembered, ``remeasure`` times them again) and
+    adds the timings to ``predictor.notes``."""
     cfg = load_infer_cfg(model_dir)
     backend = backend or cfg.runtime.backend
-    if backend not in BACKENDS:
-        raise DeployError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend not in BACKEND_CHOICES:
+        raise DeployError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
+    if precision == "int8" and cfg.runtime.precision != "int8":
+        raise DeployError(f"{model_dir} is a {cfg.runtime.precision} model: create an int8 one with tools/quantize.py")
+    options = dict(
+        device=device,
+        use_mkldnn=use_mkldnn,
+        cpu_threads=cpu_threads,
+        precision=precision,
+        use_tensorrt=use_tensorrt,
+        target_size=target_size,
+        max_size=max_size,
+        draw_threshold=draw_threshold,
+        warmup=warmup,
+    )
+    if backend != AUTO:
+        return _create_on(backend, model_dir, cfg, **options)
+    # auto: time the engines that can run this export on an image of its input size (see auto_backend)
+    if target_size is not None:
+        cfg.input.test_short = int(target_size)
+    if max_size is not None:
+        cfg.input.test_max = int(max_size)
+    want = precision or cfg.runtime.precision
+    where = "gpu" if (device or cfg.runtime.device) == "gpu" or use_tensorrt else "cpu"
+    candidates, skipped = auto_candidates(cfg, where, want)
+    threads = cfg.runtime.cpu_threads if cpu_threads is None else cpu_threads
+    predictor, choice = choose_backend(
+        candidates,
+        lambda name: _create_on(name, model_dir, cfg, **options),
+        timing_image(cfg),
+        choice_key(cfg, want, threads),
+        skipped=skipped,
+        remeasure=remeasure,
+    )
+    predictor.notes.append(choice.summary())
+    logger.info(choice.summary())
+    return predictor
+
+
+def _create_on(
+    backend: str,
+    model_dir: str,
+    cfg: InferCfg,
+    device: Optional[str],
+    use_mkldnn: Optional[bool],
+    cpu_threads: Optional[int],
+    precision: Optional[str],
+    use_tensorrt: Optional[bool],
+    target_size: Optional[int],
+    max_size: Optional[int],
+    draw_threshold: Optional[float],
+    warmup: int,
+) -> DeployPredictor:
+    """The predictor for ``model_dir`` on one named backend (``cfg`` is its infer_cfg.yml)."""
     if cfg.runtime.precision == "int8" and backend != cfg.runtime.backend:
         raise DeployError(
             f"{model_dir} is an int8 model for {cfg.runtime.backend}; it cannot run on {backend} "
             f"(quantize again with tools/quantize.py --backend {backend})"
         )
-    if precision == "int8" and cfg.runtime.precision != "int8":
-        raise DeployError(f"{model_dir} is a {cfg.runtime.precision} model: create an int8 one with tools/quantize.py")
     if backend == "paddle":
         return DeployPredictor(
             model_dir,

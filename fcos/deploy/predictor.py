@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 INFER_CFG_NAME = "infer_cfg.yml"
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 BACKENDS = ("paddle", "onnxruntime", "openvino")
+AUTO = "auto"  # the fastest of BACKENDS on this machine, measured (fcos.deploy.auto_backend)
+BACKEND_CHOICES = BACKENDS + (AUTO,)
 PROGRAM_EXTS = (".json", ".pdmodel")  # Paddle 3 (PIR) first, then Paddle 2
 
 __all__ = [
@@ -57,7 +59,8 @@ class DeployError(RuntimeError):
 class RuntimeOptions:
     """How the model runs (``runtime:`` section of infer_cfg.yml, CLI overrides).
 
-    backend: "paddle" (Paddle Inference) | "onnxruntime" | "openvino" (see fcos.deploy.factory);
+    backend: "paddle" (Paddle Inference) | "onnxruntime" | "openvino" | "auto" (the fastest of them on
+    this machine, measured once and remembered; see fcos.deploy.factory);
     device: "cpu" | "gpu"; use_mkldnn: oneDNN kernels on CPU; cpu_threads: math threads (0 = all
     cores); precision: "fp32" | "bf16" (CPU oneDNN, needs AVX512-BF16 or AMX) | "fp16" (GPU TensorRT)
     | "int8" (a model written by tools/quantize.py; the precision is in its weights, not an option);
@@ -246,7 +249,7 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
         memory_optim=_get(rt, "memory_optim", bool, base.memory_optim, where_rt),
         onednn_cache_capacity=_get(rt, "onednn_cache_capacity", int, base.onednn_cache_capacity, where_rt),
     )
-    _check_choice(runtime.backend, BACKENDS, "backend", where_rt)
+    _check_choice(runtime.backend, BACKEND_CHOICES, "backend", where_rt)
     _check_choice(runtime.precision, PRECISIONS, "precision", where_rt)
     names = [str(n) for n in data.get("class_names") or []]
     num_classes = int(data.get("num_classes") or len(names))

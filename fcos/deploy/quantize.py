@@ -35,7 +35,7 @@ import yaml
 from fcos.config import InputConfig
 from fcos.data.preprocess import preprocess
 from fcos.deploy.precision_match import MatchRow, precision_match
-from fcos.deploy.predictor import INFER_CFG_NAME, DeployError, InferCfg, load_infer_cfg
+from fcos.deploy.predictor import AUTO, INFER_CFG_NAME, DeployError, InferCfg, load_infer_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ def quantize_export(
         raise QuantizeError(f"{model_dir} is not a usable export directory: {e}") from e
     if src.runtime.precision == "int8":
         raise QuantizeError(f"{model_dir} is already an int8 model; quantize the fp32 export it came from")
-    if src.runtime.backend != "paddle":
+    if src.runtime.backend not in ("paddle", AUTO):
         raise QuantizeError(f"{model_dir}: expected an fp32 export of tools/export.py (Paddle program + infer_cfg.yml)")
     _check_output(output, model_dir, overwrite)
     images, used, skipped = load_calibration_images(image_dir, num_images)
