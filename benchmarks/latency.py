@@ -20,6 +20,8 @@ box decoding, NMS) and post-processing (per-image Results), after warm-up runs, 
 - ``onnxruntime-int8`` / ``openvino-int8``: the export quantized by tools/quantize.py (ONNX Runtime
   quantize_static / NNCF), calibrated on 8 synthetic images, with the share of fp32 detections it
   reproduces (Paddle Inference fp32 as reference; random weights make this a lower bound);
+- ``auto``: ``--backend auto`` (fcos.deploy.auto_backend), timing the fp32 engines afresh; the note
+  says which one it picked;
 - ``torchvision``: torchvision's eager ``fcos_resnet50_fpn`` for tv_r50, when torch is importable.
 
 Weights are random but give a realistic number of NMS candidates (fcos.inference.synthetic_weights)
@@ -145,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             "paddle-onednn-bf16",
             "onnxruntime",
             "openvino-fp32",
+            "auto",
             "onnxruntime-int8",
             "openvino-int8",
             "torchvision",
@@ -214,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = cpu_supports_bf16()
     image = make_image()
     workdir = args.workdir or tempfile.mkdtemp(prefix="fcos-latency-")
+    os.environ["FCOS_CACHE_DIR"] = os.path.join(workdir, "cache")  # auto's choices stay with these exports
     rows = []
     header = (
         f"CPU: {cpu_name()}, {threads} thread(s); FP32 peak {peak:.0f} GFLOP/s "
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         export_dir = os.path.join(workdir, recipe)
         export_model(det.model, cfg, export_dir, det.class_names, det.category_ids)
         onnx_file = None
-        onnx_engines = {"onnxruntime", "openvino-fp32", "onnxruntime-int8", "openvino-int8"}
+        onnx_engines = {"onnxruntime", "openvino-fp32", "onnxruntime-int8", "openvino-int8", "auto"}
         if have_onnx and onnx_engines & set(args.engines):
             from fcos.export import export_onnx
 
@@ -282,6 +286,17 @@ def main(argv: list[str] | None = None) -> int:
                         max_size=max_size,
                     )
                     cases.append(("openvino-fp32", ov, None))
+            if "auto" in args.engines:
+                from fcos.deploy.factory import create_predictor
+
+                auto = functools.partial(
+                    create_predictor,
+                    export_dir,
+                    backend="auto",
+                    remeasure=True,
+                    **{"cpu_threads": threads, "target_size": short, "max_size": max_size},
+                )
+                cases.append(("auto", auto, None))
             sized = {"cpu_threads": threads, "target_size": short, "max_size": max_size}
             if "onnxruntime" in int8_dirs:
                 from fcos.deploy.onnx_predictor import OnnxPredictor

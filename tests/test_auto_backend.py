@@ -84,7 +84,7 @@ def test_the_fastest_engine_wins_and_the_choice_is_remembered(tmp_path):
     assert {t.backend: t.ms for t in choice.timings} == pytest.approx(
         {"paddle": 120, "onnxruntime": 90, "openvino": 100}
     )
-    assert all(e.calls == 4 for e in make.engines.values())
+    assert all(e.calls == 8 for e in make.engines.values())  # (1 warm-up + 3 timed rounds) x 2 calls
     assert pred.timer.calls == 0  # the timing calls are not the user's
     with open(cache, encoding="utf-8") as f:
         saved = json.load(f)
@@ -108,8 +108,9 @@ def test_the_fastest_engine_wins_and_the_choice_is_remembered(tmp_path):
 
 
 def test_engines_are_timed_in_rounds_one_call_each():
-    """Side by side: every round calls each engine once, so a burst of load on a shared machine slows
-    the same round of every engine, and the median drops it."""
+    """Side by side: every round gives each engine two calls and times the second (the first runs
+    with cold caches), so a burst of load on a shared machine slows the same round of every engine,
+    and the median drops it."""
     clock, order = FakeClock(), []
     engines = {n: FakeEngine(n, ms, clock) for n, ms in (("a", 10.0), ("b", 11.0))}
     for name, engine in engines.items():
@@ -117,13 +118,16 @@ def test_engines_are_timed_in_rounds_one_call_each():
 
         def predict(images, keep_images=True, _plain=plain, _name=name):
             order.append(_name)
-            if len(order) in (3, 4):  # round 1 of 0..2 runs 5x slower for both engines
+            call = len(order)
+            if call in (9, 10, 11, 12):  # a burst of load in round 2 (of 0..3) slows both engines 5x
                 clock.now += 4 * engines[_name].ms / 1e3
+            if call % 2 == 1:  # the first call of a turn runs with caches the other engine used
+                clock.now += 3 * engines[_name].ms / 1e3
             return _plain(images, keep_images)
 
         engine.predict = predict
-    ms, failed = measure_side_by_side(engines, IMAGE, warmup=1, runs=3, clock=clock)
-    assert order == ["a", "b"] * 4 and failed == {}
+    ms, failed = measure_side_by_side(engines, IMAGE, warmup=1, runs=3, clock=clock, calls_per_round=2)
+    assert order == ["a", "a", "b", "b"] * 4 and failed == {}
     assert ms == pytest.approx({"a": 10.0, "b": 11.0})
 
 
