@@ -227,6 +227,16 @@ def test_candidates_follow_the_files_precision_and_device(export_dir, tmp_path):
     assert auto_candidates(cfg, "cpu", "int8")[0] == ["onnxruntime"]
 
 
+def test_engines_that_are_not_installed_are_skipped_with_the_install_command(export_dir, monkeypatch):
+    import fcos.deploy.auto_backend as ab
+
+    real = ab._installed
+    monkeypatch.setattr(ab, "_installed", lambda dist: None if dist == "openvino" else real(dist))
+    usable, skipped = auto_candidates(load_infer_cfg(export_dir), "cpu", "fp32")
+    assert usable == ["paddle", "onnxruntime"]
+    assert skipped == {"openvino": 'not installed (pip install "fcos-paddle[openvino]")'}
+
+
 def test_choice_key_changes_with_what_changes_the_winner(export_dir, tmp_path):
     d = str(tmp_path / "m")
     shutil.copytree(export_dir, d)

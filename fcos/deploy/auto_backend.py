@@ -2,9 +2,9 @@
 
 Which engine is fastest depends on the CPU and the model: on an AVX2 Zen 3, ONNX Runtime led Paddle
 Inference by 5 to 27 % on rt_dla34 and OpenVINO led on rt_r50, while on an AVX-512 Zen 4 Paddle
-Inference led (README, "int8 on CPU"). ``auto`` times every engine that can run the export on a
-synthetic image at the export's input size (median end-to-end time of a few calls after a warm-up),
-keeps the fastest predictor, and remembers the choice in ``backend_choice.json`` under the cache root
+Inference led (README, "int8 on CPU"). ``auto`` times every engine that can run the export side by
+side on a synthetic image at the export's input size (end-to-end median over rounds in which the
+engines take turns, :func:`measure_side_by_side`), keeps the fastest predictor, and remembers the choice in ``backend_choice.json`` under the cache root
 (:func:`fcos.deploy.engine_cache.cache_root`). The key covers the model files (path, size, mtime), the
 CPU, the thread count, the precision, the input size and the engine versions, so the next start
 builds only the winner, and a new model, machine or engine measures again.
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 CHOICE_FILE = "backend_choice.json"
 _DISTRIBUTIONS = {"paddle": "paddlepaddle", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}  # pip install "fcos-paddle[<extra>]"
 # What a candidate engine may raise while loading or running a model it cannot handle.
 _ENGINE_ERRORS = (DeployError, ImportError, RuntimeError, ValueError, OSError, NotImplementedError)
 
@@ -88,9 +89,7 @@ def auto_candidates(cfg: InferCfg, device: str, precision: str) -> tuple[list[st
     usable, skipped = [], {}
     for backend in BACKENDS:
         if backend != "paddle" and _installed(_DISTRIBUTIONS[backend]) is None:
-            skipped[backend] = (
-                f'not installed (pip install "fcos-paddle[{"onnx" if backend == "onnxruntime" else backend}]")'
-            )
+            skipped[backend] = f'not installed (pip install "fcos-paddle[{_EXTRAS[backend]}]")'
         elif backend == "onnxruntime" and precision != "fp32":
             skipped[backend] = f"runs fp32 or int8 models, not {precision}"
         elif backend == "onnxruntime" and "model.onnx" not in files:
