@@ -107,3 +107,41 @@ def test_infer_engine_predictor_matches_dygraph_and_reuses_its_cache(
     key = lambda r: (r["file_name"], r["category_id"], round(r["score"], 2))  # noqa: E731
     strong = lambda rs: sorted(key(r) for r in rs if r["score"] >= 0.3)  # noqa: E731
     assert len(strong(dy)) >= 5 and strong(dy) == strong(first)
+
+
+def test_infer_engine_predictor_backend_auto_adds_onnx_and_matches_dygraph(
+    demo_weights, load_tool, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("FCOS_CACHE_DIR", str(tmp_path / "cache"))
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i, img in enumerate(make_check_images(seed=2)):
+        cv2.imwrite(str(images / f"{i}.png"), img)
+    results = {}
+    for engine, extra in (("dygraph", []), ("predictor", ["--backend", "auto"])):
+        js = tmp_path / f"{engine}.json"
+        rc = load_tool("infer").main(
+            ["-c", CONFIG, "-w", demo_weights, "--source", str(images), "--engine", engine, "--no-save",
+             "--save-json", str(js), "--quiet", "--threads", "1", *extra]
+        )  # fmt: skip
+        out = capsys.readouterr().out
+        assert rc == 0, out
+        with open(js, encoding="utf-8") as f:
+            results[engine] = json.load(f)
+    assert "note: backend auto -> " in out and "measured now" in out
+    (export_dir,) = [
+        os.path.join(tmp_path / "cache" / "exports", d) for d in os.listdir(tmp_path / "cache" / "exports")
+    ]
+    assert os.path.isfile(os.path.join(export_dir, "model.onnx"))
+    assert not [f for f in os.listdir(export_dir) if f.startswith(".")]  # no temporary conversion left
+    key = lambda r: (r["file_name"], r["category_id"], round(r["score"], 2))  # noqa: E731
+    strong = lambda rs: sorted(key(r) for r in rs if r["score"] >= 0.3)  # noqa: E731
+    assert len(strong(results["dygraph"])) >= 5 and strong(results["dygraph"]) == strong(results["predictor"])
+
+
+def test_infer_backend_needs_the_predictor_engine(demo_weights, load_tool, tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / "a.png"), make_check_images(seed=1)[0])
+    rc = load_tool("infer").main(
+        ["-c", CONFIG, "-w", demo_weights, "--source", str(tmp_path), "--backend", "auto", "--no-save"]
+    )
+    assert rc == 2 and "--backend needs --engine predictor" in capsys.readouterr().err

@@ -7,6 +7,7 @@ Examples:
     python tools/infer.py -c configs/rt_dla34.yml -w W --source 0 --show                  # webcam 0, ESC stops
     python tools/infer.py -w output/export/rt_dla34 --source photos/                      # an exported model dir
     python tools/infer.py -c configs/rt_dla34.yml -w W --source clip.mp4 --engine predictor  # fast engine, no export step
+    python tools/infer.py -c configs/rt_dla34.yml -w W --source photos/ --engine predictor --backend auto  # fastest here
     (--image / --image_dir / --video / --camera N are accepted as well)
 
 Writes annotated images/videos to --save-dir (default output/infer), --save-json COCO result records
@@ -15,7 +16,8 @@ Writes annotated images/videos to --save-dir (default output/infer), --save-json
 inputs failed or a video ended early (outputs are still finalized), 2 for unusable arguments/sources.
 --engine predictor runs a checkpoint on the exported predictor (Paddle Inference, oneDNN), about twice
 as fast on CPU as the dygraph model: it is exported once into a cache ($FCOS_CACHE_DIR or
-~/.cache/fcos-paddle/exports, keyed by config + weights) and reused on later runs.
+~/.cache/fcos-paddle/exports, keyed by config + weights) and reused on later runs. --backend onnxruntime,
+openvino or auto (the fastest installed engine, timed once and remembered) adds model.onnx to that export.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import pickle
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fcos.deploy.predictor import BACKEND_CHOICES  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("dygraph", "predictor"),
         default="dygraph",
         help="with -c/-w: dygraph model, or the exported predictor (exported once into a cache; faster on CPU)",
+    )
+    ap.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default=None,
+        help="--engine predictor or an export directory: inference engine (default: paddle, or the export's "
+        "infer_cfg.yml); auto: the fastest installed engine on this machine",
     )
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
@@ -112,13 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     from fcos.inference.runner import RunOptions, format_summary, run_source
     from fcos.utils.runtime import setup_cpu_runtime
 
+    if args.backend and args.engine != "predictor" and not (args.weights and os.path.isdir(args.weights)):
+        print("error: --backend needs --engine predictor or an export directory (-w DIR)", file=sys.stderr)
+        return 2
     setup_cpu_runtime(args.threads)
     try:
         if args.weights and os.path.isdir(args.weights):
             from fcos.deploy.factory import create_predictor
 
             # the backend and precision its infer_cfg.yml names (e.g. int8 on OpenVINO from tools/quantize.py)
-            predictor = create_predictor(args.weights, cpu_threads=args.threads or None, warmup=1)
+            predictor = create_predictor(args.weights, backend=args.backend, cpu_threads=args.threads or None, warmup=1)
             default_threshold = predictor.draw_threshold
             print(f"model: {args.weights} ({predictor.describe()})")
         else:
@@ -137,16 +151,26 @@ def main(argv: list[str] | None = None) -> int:
             if predictor.load_report is not None:
                 print(predictor.load_report)
             if args.engine == "predictor":
-                from fcos.deploy.engine_cache import cached_export
-                from fcos.deploy.predictor import DeployPredictor
+                from fcos.deploy.engine_cache import cached_export, ensure_onnx
+                from fcos.deploy.factory import create_predictor
 
                 export_dir, fresh = cached_export(predictor, args.weights)
                 print(f"engine: predictor, {'exported to' if fresh else 'cached export'} {export_dir}")
-                predictor = DeployPredictor(export_dir, cpu_threads=args.threads or None, warmup=1)
+                backend = args.backend or "paddle"
+                if backend != "paddle":
+                    try:
+                        ensure_onnx(export_dir)
+                    except RuntimeError as e:  # paddle2onnx missing: auto still has Paddle Inference
+                        if backend != "auto":
+                            raise DeployError(f"--backend {backend} needs model.onnx: {e}") from e
+                        print(f"note: {e}; --backend auto chooses among the other engines")
+                predictor = create_predictor(export_dir, backend=backend, cpu_threads=args.threads or None, warmup=1)
                 print(f"engine: {predictor.describe()}")
     except (ConfigError, DeployError, OSError, ValueError, pickle.UnpicklingError) as e:  # incl. unsafe pickles
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for note in getattr(predictor, "notes", []):  # e.g. which engine --backend auto picked
+        print(f"note: {note}")
 
     opts = RunOptions(
         save_dir=args.save_dir,

@@ -64,3 +64,23 @@ def cached_export(detector: Any, weights: Optional[str], root: Optional[str] = N
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out, True
+
+
+def ensure_onnx(export_dir: str) -> str:
+    """``export_dir/model.onnx`` for the ONNX Runtime and OpenVINO backends, converted now (paddle2onnx,
+    :func:`fcos.export.export_onnx`) when missing. Written under a temporary name and renamed, so an
+    interrupted conversion leaves no half-written model. RuntimeError when paddle2onnx is missing."""
+    from fcos.export import export_onnx
+
+    path = os.path.join(export_dir, "model.onnx")
+    if os.path.isfile(path):
+        return path
+    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".onnx", dir=export_dir)
+    os.close(fd)
+    try:
+        export_onnx(export_dir, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
