@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import Optional
 
 from fcos.config import Config
@@ -63,20 +64,24 @@ def evaluate_export(
     bar = tqdm(
         total=len(coco), desc="eval", unit="img", disable=not progress, mininterval=0.1 if tty else 10.0, leave=tty
     )
-    for start in range(0, len(coco), batch_size):
-        ids, images = [], []
-        for index in range(start, min(start + batch_size, len(coco))):
-            try:
-                images.append(coco.load_image(index))
-            except ImageReadError as e:
-                logger.warning("skipping unreadable image %s", e)
-                continue
-            ids.append(int(coco.get_record(index)["image_id"]))
-        bar.update(min(start + batch_size, len(coco)) - start)
-        if not images:
-            continue
-        results = predictor.predict(images, keep_images=False)
-        evaluator.process(ids, [{"boxes": r.boxes, "scores": r.scores, "labels": r.labels} for r in results])
+
+    def jobs() -> Iterator[tuple[list, None, list[int]]]:
+        for start in range(0, len(coco), batch_size):
+            ids, images = [], []
+            for index in range(start, min(start + batch_size, len(coco))):
+                try:
+                    images.append(coco.load_image(index))
+                except ImageReadError as e:
+                    logger.warning("skipping unreadable image %s", e)
+                    continue
+                ids.append(int(coco.get_record(index)["image_id"]))
+            bar.update(min(start + batch_size, len(coco)) - start)
+            yield images, None, ids
+
+    # predict_stream: an OpenVINO model with runtime.streams > 1 keeps several images in flight
+    for ids, results in predictor.predict_stream(jobs(), keep_images=False):
+        if ids:
+            evaluator.process(ids, [{"boxes": r.boxes, "scores": r.scores, "labels": r.labels} for r in results])
     bar.close()
     metrics = evaluator.evaluate()
     os.makedirs(out_dir, exist_ok=True)

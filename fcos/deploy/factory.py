@@ -29,6 +29,7 @@ def create_predictor(
     draw_threshold: Optional[float] = None,
     warmup: int = 0,
     remeasure: bool = False,
+    streams: Optional[int] = None,
 ) -> DeployPredictor:
     """A predictor for ``model_dir`` on ``backend`` (default: infer_cfg.yml ``runtime.backend``, else
     ``paddle``). Options a backend cannot honour raise :class:`DeployError` (GPU and oneDNN switches are
@@ -36,7 +37,8 @@ def create_predictor(
 
     ``backend="auto"`` builds the fastest engine that can run the export on this machine
     (:mod:`fcos.deploy.auto_backend`; the choice is remembered, ``remeasure`` times them again) and
-    adds the timings to ``predictor.notes``."""
+    adds the timings to ``predictor.notes``. ``streams`` > 1 (OpenVINO only) keeps that many images in
+    flight in :meth:`~fcos.deploy.predictor.DeployPredictor.predict_stream`."""
     cfg = load_infer_cfg(model_dir)
     backend = backend or cfg.runtime.backend
     if backend not in BACKEND_CHOICES:
@@ -53,6 +55,7 @@ def create_predictor(
         max_size=max_size,
         draw_threshold=draw_threshold,
         warmup=warmup,
+        streams=streams,
     )
     if backend != AUTO:
         return _create_on(backend, model_dir, cfg, **options)
@@ -91,6 +94,7 @@ def _create_on(
     max_size: Optional[int],
     draw_threshold: Optional[float],
     warmup: int,
+    streams: Optional[int],
 ) -> DeployPredictor:
     """The predictor for ``model_dir`` on one named backend (``cfg`` is its infer_cfg.yml)."""
     if cfg.runtime.precision == "int8" and backend != cfg.runtime.backend:
@@ -110,6 +114,7 @@ def _create_on(
             max_size=max_size,
             draw_threshold=draw_threshold,
             warmup=warmup,
+            streams=streams,
         )
     if device == "gpu" or use_tensorrt:
         raise DeployError(f"backend {backend} runs on CPU here; GPU and TensorRT are Paddle Inference options")
@@ -123,6 +128,7 @@ def _create_on(
             max_size=max_size,
             draw_threshold=draw_threshold,
             warmup=warmup,
+            streams=streams,
         )
     return OpenVinoPredictor(
         model_dir,
@@ -132,4 +138,5 @@ def _create_on(
         max_size=max_size,
         draw_threshold=draw_threshold,
         warmup=warmup,
+        streams=streams,
     )

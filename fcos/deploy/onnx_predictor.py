@@ -12,9 +12,25 @@ from typing import Optional
 
 import numpy as np
 
-from fcos.deploy.predictor import DeployError, DeployPredictor, resolve_threads
+from fcos.deploy.predictor import DeployError, DeployPredictor, check_single_stream, resolve_threads
 
 ONNX_NAME = "model.onnx"
+
+
+def feeds_of_image(feeds: dict[str, np.ndarray], names: list[str], i: int) -> dict[str, np.ndarray]:
+    """Image ``i`` of a batch of graph inputs, as a batch of 1."""
+    return {k: np.ascontiguousarray(feeds[k][i : i + 1]) for k in names}
+
+
+def concat_per_image(per_image: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """The outputs of a batch from its images' batch-1 outputs: detections (2-D, [K, 6]) stacked,
+    per-image counts (1-D) joined."""
+    return [
+        np.concatenate([outs[j] for outs in per_image], axis=0)
+        if per_image[0][j].ndim == 2
+        else np.concatenate([outs[j].reshape(-1) for outs in per_image])
+        for j in range(len(per_image[0]))
+    ]
 
 
 class OnnxPredictor(DeployPredictor):
@@ -30,6 +46,7 @@ class OnnxPredictor(DeployPredictor):
         max_size: Optional[int] = None,
         draw_threshold: Optional[float] = None,
         warmup: int = 0,
+        streams: Optional[int] = None,
     ) -> None:
         try:
             import onnxruntime  # noqa: F401
@@ -44,6 +61,7 @@ class OnnxPredictor(DeployPredictor):
             max_size=max_size,
             draw_threshold=draw_threshold,
             warmup=warmup,
+            streams=streams,
         )
 
     def _model_path(self, exts: tuple[str, ...], default: str, hint: str) -> str:
@@ -59,6 +77,7 @@ class OnnxPredictor(DeployPredictor):
         import onnxruntime as ort
 
         self.onnx_file = self._model_path((".onnx",), ONNX_NAME, "create it with tools/export.py --onnx")
+        check_single_stream(self.cfg.runtime, "ONNX Runtime")
         if self.cfg.runtime.precision != "int8":
             self.cfg.runtime.precision = "fp32"  # an fp32 graph runs in fp32 here, whatever the export asked
         opts = ort.SessionOptions()
@@ -78,16 +97,7 @@ class OnnxPredictor(DeployPredictor):
         # paddle2onnx (2.1) converts multiclass_nms3 for batch 1 only (a batch of 2 fails in a Concat),
         # so a batch runs image by image on the same padded tensors; outputs are concatenated.
         n = int(feeds[self.input_names[0]].shape[0])
-        per_image = [
-            self._run_one({k: np.ascontiguousarray(feeds[k][i : i + 1]) for k in self.input_names}) for i in range(n)
-        ]
-        bbox_axis = [0 if out.ndim == 2 else -1 for out in per_image[0]]
-        return [
-            np.concatenate([outs[j] for outs in per_image], axis=0)
-            if bbox_axis[j] == 0
-            else np.concatenate([outs[j].reshape(-1) for outs in per_image])
-            for j in range(len(per_image[0]))
-        ]
+        return concat_per_image([self._run_one(feeds_of_image(feeds, self.input_names, i)) for i in range(n)])
 
     def _run_one(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """One image (batch 1) through the session; outputs in graph order."""

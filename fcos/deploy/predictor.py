@@ -16,7 +16,7 @@ import difflib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -64,7 +64,9 @@ class RuntimeOptions:
     device: "cpu" | "gpu"; use_mkldnn: oneDNN kernels on CPU; cpu_threads: math threads (0 = all
     cores); precision: "fp32" | "bf16" (CPU oneDNN, needs AVX512-BF16 or AMX) | "fp16" (GPU TensorRT)
     | "int8" (a model written by tools/quantize.py; the precision is in its weights, not an option);
-    use_tensorrt: TensorRT subgraphs on GPU; gpu_id; trt_min_subgraph_size; trt_max_batch_size.
+    use_tensorrt: TensorRT subgraphs on GPU; gpu_id; trt_min_subgraph_size; trt_max_batch_size;
+    streams: images in flight at once on the openvino backend (its CPU "streams", the cores split
+    between them) for folders, videos and evaluation: more images per second, each one slower.
     """
 
     device: str = "cpu"
@@ -79,6 +81,7 @@ class RuntimeOptions:
     ir_optim: bool = True
     memory_optim: bool = True
     onednn_cache_capacity: int = 10
+    streams: int = 1
 
 
 @dataclass
@@ -248,7 +251,10 @@ def load_infer_cfg(model_dir: str) -> InferCfg:
         ir_optim=_get(rt, "ir_optim", bool, base.ir_optim, where_rt),
         memory_optim=_get(rt, "memory_optim", bool, base.memory_optim, where_rt),
         onednn_cache_capacity=_get(rt, "onednn_cache_capacity", int, base.onednn_cache_capacity, where_rt),
+        streams=_get(rt, "streams", int, base.streams, where_rt),
     )
+    if runtime.streams < 1:
+        raise DeployError(f"{where_rt}: key 'streams' must be >= 1, got {runtime.streams}")
     _check_choice(runtime.backend, BACKEND_CHOICES, "backend", where_rt)
     _check_choice(runtime.precision, PRECISIONS, "precision", where_rt)
     names = [str(n) for n in data.get("class_names") or []]
@@ -295,6 +301,15 @@ def cpu_supports_bf16() -> bool:
     return False
 
 
+def check_single_stream(opts: RuntimeOptions, engine: str) -> None:
+    """DeployError when ``opts.streams`` > 1 on an engine that runs one image at a time."""
+    if opts.streams > 1:
+        raise DeployError(
+            f"runtime.streams {opts.streams}: several images in flight run on the openvino backend only, "
+            f"not on {engine} (use --backend openvino, or streams 1)"
+        )
+
+
 def create_paddle_predictor(
     model_file: str, params_file: str, opts: RuntimeOptions, onednn_placement: bool = True
 ) -> Any:
@@ -317,6 +332,7 @@ def create_paddle_predictor(
         )
     if opts.device not in ("cpu", "gpu"):
         raise DeployError(f"device must be 'cpu' or 'gpu', got {opts.device!r}")
+    check_single_stream(opts, "Paddle Inference")
     config = pi.Config(model_file, params_file)
     config.disable_glog_info()
     config.switch_ir_optim(opts.ir_optim)  # graph fusions (conv+bn+act, ...)
@@ -390,6 +406,7 @@ class DeployPredictor:
         max_size: Optional[int] = None,
         draw_threshold: Optional[float] = None,
         warmup: int = 0,
+        streams: Optional[int] = None,
     ) -> None:
         self.cfg = load_infer_cfg(model_dir)
         rt = self.cfg.runtime
@@ -399,6 +416,7 @@ class DeployPredictor:
             ("cpu_threads", cpu_threads),
             ("precision", precision),
             ("use_tensorrt", use_tensorrt),
+            ("streams", streams),
         ):
             if value is not None:
                 setattr(rt, name, value)
@@ -528,18 +546,42 @@ class DeployPredictor:
         if len(images) == 0:
             return []
         t0 = time.perf_counter()
+        feeds = self._feeds(images)
+        t1 = time.perf_counter()
+        outputs = self.run_arrays(feeds)
+        t2 = time.perf_counter()
+        results = self._results(outputs, images, paths, keep_images)
+        self.timer.record({"pre": t1 - t0, "infer": t2 - t1, "post": time.perf_counter() - t2}, len(images))
+        return results
+
+    def predict_stream(
+        self, jobs: Iterable[tuple[Sequence[np.ndarray], Optional[Sequence[str]], Any]], keep_images: bool = True
+    ) -> Iterator[tuple[Any, list[Results]]]:
+        """``(tag, results)`` for each ``(images, paths, tag)`` job, in order. Engines with parallel
+        streams (OpenVINO, ``runtime.streams`` > 1) keep several images in flight; here one job runs
+        after the other. The caller may stop iterating early; in-flight work is then dropped."""
+        for images, paths, tag in jobs:
+            yield tag, self.predict(images, paths=paths, keep_images=keep_images)
+
+    def _feeds(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph inputs for a batch of BGR images (pre-processing of infer_cfg.yml)."""
         batch = preprocess(images, self.cfg.input)
         self.last_input_shape = tuple(int(v) for v in batch.images.shape)
-        t1 = time.perf_counter()
-        outputs = self.run_arrays(
-            {"image": batch.images, "im_shape": batch.im_shape, "scale_factor": batch.scale_factor}
-        )
-        t2 = time.perf_counter()
+        return {"image": batch.images, "im_shape": batch.im_shape, "scale_factor": batch.scale_factor}
+
+    def _results(
+        self,
+        outputs: list[np.ndarray],
+        images: Sequence[np.ndarray],
+        paths: Optional[Sequence[str]],
+        keep_images: bool,
+    ) -> list[Results]:
+        """One :class:`Results` per image from the graph outputs (bboxes [K, 6], bbox_num [N])."""
         bboxes, bbox_num = self._pick_outputs(outputs)
         dets = split_detections(bboxes, bbox_num, drop_empty=drops_empty_boxes(self.cfg.box_rule))
         if len(dets) != len(images):
             raise DeployError(f"exported model returned detections for {len(dets)} images, expected {len(images)}")
-        results = [
+        return [
             Results(
                 boxes=d["boxes"],
                 scores=d["scores"],
@@ -552,9 +594,6 @@ class DeployPredictor:
             )
             for i, (d, img) in enumerate(zip(dets, images))
         ]
-        t3 = time.perf_counter()
-        self.timer.record({"pre": t1 - t0, "infer": t2 - t1, "post": t3 - t2}, len(images))
-        return results
 
     @staticmethod
     def _pick_outputs(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
