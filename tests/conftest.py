@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,6 +88,18 @@ def demo_export(tmp_path_factory) -> str:
     make_detection_rich(model, seed=1)
     out = str(tmp_path_factory.mktemp("demo_export") / "model")
     export_model(model, cfg, out, cfg.data.class_names, [1, 2, 3, 4])
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_export_onnx(demo_export, tmp_path_factory) -> str:
+    """A copy of ``demo_export`` with ``model.onnx`` (paddle2onnx), converted once per session for the
+    ONNX Runtime and OpenVINO tests. Read-only for them: a test that edits it works on its own copy."""
+    from fcos.export import export_onnx
+
+    out = str(tmp_path_factory.mktemp("demo_export_onnx") / "model")
+    shutil.copytree(demo_export, out)
+    export_onnx(out)
     return out
 
 

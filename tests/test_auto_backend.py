@@ -26,7 +26,7 @@ from fcos.deploy.auto_backend import (
 )
 from fcos.deploy.factory import create_predictor
 from fcos.deploy.predictor import DeployError, DeployPredictor, load_infer_cfg
-from fcos.export import compare_detections, export_onnx, make_check_images
+from fcos.export import compare_detections, make_check_images
 from fcos.inference.timing import StageTimer
 
 
@@ -203,12 +203,9 @@ def test_a_broken_cache_costs_a_measurement_not_an_error(damage, tmp_path, caplo
 
 
 @pytest.fixture(scope="module")
-def export_dir(demo_export, tmp_path_factory) -> str:
-    """This module's copy of the shared demo export with model.onnx added."""
-    out = str(tmp_path_factory.mktemp("auto") / "fp32")
-    shutil.copytree(demo_export, out)
-    export_onnx(out)
-    return out
+def export_dir(demo_export_onnx) -> str:
+    """The session's demo export with model.onnx (conftest ``demo_export_onnx``); read-only here."""
+    return demo_export_onnx
 
 
 def test_candidates_follow_the_files_precision_and_device(export_dir, tmp_path):

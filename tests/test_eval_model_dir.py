@@ -83,43 +83,16 @@ def test_eval_model_dir_errors(load_tool, tmp_path, capsys, val_set):
 def test_infer_engine_predictor_matches_dygraph_and_reuses_its_cache(
     demo_weights, load_tool, tmp_path, capsys, monkeypatch
 ):
+    """dygraph, then the predictor twice (export, then cache), then the predictor with --backend auto
+    (model.onnx added to the cached export, the fastest engine picked): all give dygraph's detections."""
     monkeypatch.setenv("FCOS_CACHE_DIR", str(tmp_path / "cache"))
     images = tmp_path / "imgs"
     images.mkdir()
     for i, img in enumerate(make_check_images(seed=2)):
         cv2.imwrite(str(images / f"{i}.png"), img)
-    outputs = {}
-    for engine in ("dygraph", "predictor", "predictor"):
-        js = tmp_path / f"{engine}.json"
-        rc = load_tool("infer").main(
-            ["-c", CONFIG, "-w", demo_weights, "--source", str(images), "--engine", engine, "--no-save",
-             "--save-json", str(js), "--quiet", "--threads", "1"]
-        )  # fmt: skip
-        out = capsys.readouterr().out
-        assert rc == 0, out
-        with open(js, encoding="utf-8") as f:
-            outputs.setdefault(engine, []).append((json.load(f), out))
-    (dy, _), ((first, out1), (second, out2)) = outputs["dygraph"][0], outputs["predictor"]
-    assert "engine: predictor, exported to" in out1 and "Paddle Inference" in out1
-    assert "engine: predictor, cached export" in out2
-    assert len(os.listdir(tmp_path / "cache" / "exports")) == 1  # one entry, no temporary leftovers
-    assert first == second
-    key = lambda r: (r["file_name"], r["category_id"], round(r["score"], 2))  # noqa: E731
-    strong = lambda rs: sorted(key(r) for r in rs if r["score"] >= 0.3)  # noqa: E731
-    assert len(strong(dy)) >= 5 and strong(dy) == strong(first)
-
-
-def test_infer_engine_predictor_backend_auto_adds_onnx_and_matches_dygraph(
-    demo_weights, load_tool, tmp_path, capsys, monkeypatch
-):
-    monkeypatch.setenv("FCOS_CACHE_DIR", str(tmp_path / "cache"))
-    images = tmp_path / "imgs"
-    images.mkdir()
-    for i, img in enumerate(make_check_images(seed=2)):
-        cv2.imwrite(str(images / f"{i}.png"), img)
-    results = {}
-    for engine, extra in (("dygraph", []), ("predictor", ["--backend", "auto"])):
-        js = tmp_path / f"{engine}.json"
+    runs = []
+    for engine, extra in (("dygraph", []), ("predictor", []), ("predictor", []), ("predictor", ["--backend", "auto"])):
+        js = tmp_path / f"{len(runs)}.json"
         rc = load_tool("infer").main(
             ["-c", CONFIG, "-w", demo_weights, "--source", str(images), "--engine", engine, "--no-save",
              "--save-json", str(js), "--quiet", "--threads", "1", *extra]
@@ -127,16 +100,20 @@ def test_infer_engine_predictor_backend_auto_adds_onnx_and_matches_dygraph(
         out = capsys.readouterr().out
         assert rc == 0, out
         with open(js, encoding="utf-8") as f:
-            results[engine] = json.load(f)
-    assert "note: backend auto -> " in out and "measured now" in out
+            runs.append((json.load(f), out))
+    (dy, _), (first, out1), (second, out2), (auto, out3) = runs
+    assert "engine: predictor, exported to" in out1 and "Paddle Inference" in out1
+    assert "engine: predictor, cached export" in out2 and "engine: predictor, cached export" in out3
+    assert "note: backend auto -> " in out3 and "measured now" in out3
     (export_dir,) = [
         os.path.join(tmp_path / "cache" / "exports", d) for d in os.listdir(tmp_path / "cache" / "exports")
     ]
     assert os.path.isfile(os.path.join(export_dir, "model.onnx"))
-    assert not [f for f in os.listdir(export_dir) if f.startswith(".")]  # no temporary conversion left
+    assert not [f for f in os.listdir(export_dir) if f.startswith(".")]  # no temporary leftovers
+    assert first == second
     key = lambda r: (r["file_name"], r["category_id"], round(r["score"], 2))  # noqa: E731
     strong = lambda rs: sorted(key(r) for r in rs if r["score"] >= 0.3)  # noqa: E731
-    assert len(strong(results["dygraph"])) >= 5 and strong(results["dygraph"]) == strong(results["predictor"])
+    assert len(strong(dy)) >= 5 and strong(dy) == strong(first) == strong(auto)
 
 
 def test_infer_backend_needs_the_predictor_engine(demo_weights, load_tool, tmp_path, capsys):

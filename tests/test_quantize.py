@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import cv2
 import numpy as np
@@ -18,18 +17,15 @@ from fcos.deploy.factory import create_predictor
 from fcos.deploy.precision_match import precision_match
 from fcos.deploy.predictor import DeployError, DeployPredictor
 from fcos.deploy.quantize import QuantizeError, downstream, final_convs, quantize_export
-from fcos.export import compare_detections, export_onnx, make_check_images
+from fcos.export import compare_detections, make_check_images
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo_shapes.yml")
 
 
 @pytest.fixture(scope="module")
-def export_dir(demo_export, tmp_path_factory) -> str:
-    """This module's copy of the shared demo export (conftest ``demo_export``), with model.onnx added."""
-    out = str(tmp_path_factory.mktemp("q") / "fp32")
-    shutil.copytree(demo_export, out)
-    export_onnx(out)
-    return out
+def export_dir(demo_export_onnx) -> str:
+    """The session's demo export with model.onnx (conftest ``demo_export_onnx``); read-only here."""
+    return demo_export_onnx
 
 
 @pytest.fixture(scope="module")

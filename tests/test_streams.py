@@ -15,17 +15,14 @@ import yaml
 
 from fcos.deploy.factory import create_predictor
 from fcos.deploy.predictor import DeployError, load_infer_cfg
-from fcos.export import export_onnx, make_check_images
+from fcos.export import make_check_images
 from fcos.inference.video import count_frames, make_test_video
 
 
 @pytest.fixture(scope="module")
-def export_dir(demo_export, tmp_path_factory) -> str:
-    """This module's copy of the shared demo export with model.onnx added."""
-    out = str(tmp_path_factory.mktemp("streams") / "fp32")
-    shutil.copytree(demo_export, out)
-    export_onnx(out)
-    return out
+def export_dir(demo_export_onnx) -> str:
+    """The session's demo export with model.onnx (conftest ``demo_export_onnx``); read-only here."""
+    return demo_export_onnx
 
 
 def _same(a, b) -> None:

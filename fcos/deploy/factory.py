@@ -6,7 +6,7 @@ machine). All three share preprocessing, detection splitting, :class:`Results` a
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Any, Optional
 
 from fcos.deploy.auto_backend import auto_candidates, choice_key, choose_backend, timing_image
 from fcos.deploy.onnx_predictor import OnnxPredictor
@@ -81,62 +81,22 @@ def create_predictor(
     return predictor
 
 
-def _create_on(
-    backend: str,
-    model_dir: str,
-    cfg: InferCfg,
-    device: Optional[str],
-    use_mkldnn: Optional[bool],
-    cpu_threads: Optional[int],
-    precision: Optional[str],
-    use_tensorrt: Optional[bool],
-    target_size: Optional[int],
-    max_size: Optional[int],
-    draw_threshold: Optional[float],
-    warmup: int,
-    streams: Optional[int],
-) -> DeployPredictor:
-    """The predictor for ``model_dir`` on one named backend (``cfg`` is its infer_cfg.yml)."""
+def _create_on(backend: str, model_dir: str, cfg: InferCfg, **options: Any) -> DeployPredictor:
+    """The predictor for ``model_dir`` on one named backend (``cfg`` is its infer_cfg.yml; ``options``
+    are :func:`create_predictor`'s overrides, None = infer_cfg.yml's value)."""
     if cfg.runtime.precision == "int8" and backend != cfg.runtime.backend:
         raise DeployError(
             f"{model_dir} is an int8 model for {cfg.runtime.backend}; it cannot run on {backend} "
             f"(quantize again with tools/quantize.py --backend {backend})"
         )
     if backend == "paddle":
-        return DeployPredictor(
-            model_dir,
-            device=device,
-            use_mkldnn=use_mkldnn,
-            cpu_threads=cpu_threads,
-            precision=precision,
-            use_tensorrt=use_tensorrt,
-            target_size=target_size,
-            max_size=max_size,
-            draw_threshold=draw_threshold,
-            warmup=warmup,
-            streams=streams,
-        )
-    if device == "gpu" or use_tensorrt:
+        return DeployPredictor(model_dir, **options)
+    if options.pop("device") == "gpu" or options.pop("use_tensorrt"):
         raise DeployError(f"backend {backend} runs on CPU here; GPU and TensorRT are Paddle Inference options")
+    options.pop("use_mkldnn")  # a Paddle Inference switch; the other engines have their own CPU kernels
     if backend == "onnxruntime":
+        precision = options.pop("precision")
         if precision not in (None, "fp32", cfg.runtime.precision):
             raise DeployError(f"ONNX Runtime runs the model's own precision ({cfg.runtime.precision}), not {precision}")
-        return OnnxPredictor(
-            model_dir,
-            cpu_threads=cpu_threads,
-            target_size=target_size,
-            max_size=max_size,
-            draw_threshold=draw_threshold,
-            warmup=warmup,
-            streams=streams,
-        )
-    return OpenVinoPredictor(
-        model_dir,
-        cpu_threads=cpu_threads,
-        precision=precision,
-        target_size=target_size,
-        max_size=max_size,
-        draw_threshold=draw_threshold,
-        warmup=warmup,
-        streams=streams,
-    )
+        return OnnxPredictor(model_dir, **options)
+    return OpenVinoPredictor(model_dir, **options)
