@@ -89,6 +89,8 @@ _HEADER = """\
 #   draw_threshold: minimum score drawn and written by the tools
 #   runtime.device cpu|gpu, runtime.use_mkldnn (oneDNN on CPU), runtime.cpu_threads (0 = all cores),
 #   runtime.precision fp32|bf16 (CPU with AVX512-BF16/AMX)|fp16 (GPU TensorRT), runtime.use_tensorrt
+#   runtime.backend paddle|onnxruntime|openvino (need model.onnx: tools/export.py --onnx)|auto (the fastest here)
+#   runtime.streams: images in flight on the openvino backend (folders, videos, eval; default 1)
 # Score threshold, NMS IoU and max detections (postprocess:) are baked into the graph: informational only.
 """
 
