@@ -180,6 +180,7 @@ def test_two_process_training_equals_one_process(tmp_path):
     single_dir = str(tmp_path / "single")
     cfg = load_config(cfg_path, overrides=[*overrides, f"train.output_dir={single_dir}"])
     trainer = build_trainer(cfg, visualdl=False)
+    start = {f"model.{k}": v.numpy().copy() for k, v in trainer.model.state_dict().items()}
     state = trainer.fit()
     assert state.global_step == 3
 
@@ -194,9 +195,14 @@ def test_two_process_training_equals_one_process(tmp_path):
     a, _ = load_checkpoint(os.path.join(single_dir, "checkpoints", "step_0000003.safetensors"))
     b, state_b = load_checkpoint(os.path.join(multi_dir, "checkpoints", "step_0000003.safetensors"))
     assert state_b["train"]["world_size"] == 2
+    # Summation order differs (two half-batch gradients all-reduced vs one batch; BLAS kernels per shape):
+    # on an AVX-512 Xeon that moved weights by up to 0.5 % of what the three steps moved them. A wrong
+    # loss normaliser or gradient average (x2, x0.5) would move them by 30-100 % of it.
+    assert set(a) == set(b)
     for k in a:
         if k.startswith("model."):
-            np.testing.assert_allclose(b[k], a[k], rtol=2e-4, atol=2e-6, err_msg=k)
+            moved = float(np.abs(a[k] - start[k]).max())
+            assert np.abs(b[k] - a[k]).max() <= 0.02 * moved + 1e-7, (k, moved)
     # evaluation gathered both ranks' images: the same metrics as the single process
     ma = json.load(open(os.path.join(single_dir, "eval", "metrics.json")))
     mb = json.load(open(os.path.join(multi_dir, "eval", "metrics.json")))

@@ -8,6 +8,7 @@ engine differs. Needs the optional extra: ``pip install "fcos-paddle[openvino]"`
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,6 +20,7 @@ import numpy as np
 from fcos.deploy.onnx_predictor import ONNX_NAME, OnnxPredictor, concat_per_image, feeds_of_image
 from fcos.deploy.predictor import DeployError, cpu_supports_bf16, resolve_threads
 from fcos.inference.results import Results
+from fcos.utils.signal_stack import preserve_signal_stack
 
 IR_NAME = "model.xml"
 _PRECISION_HINT = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}  # int8 lives in the model's FakeQuantize ops
@@ -33,12 +35,22 @@ def openvino_available() -> bool:
     return True
 
 
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core`` (OpenVINO's advice: its CPU plugin instance is shared by
+    every compiled model instead of one per ``Core``)."""
+    import openvino as ov
+
+    with preserve_signal_stack():  # see fcos.utils.signal_stack
+        return ov.Core()
+
+
 def read_openvino_model(path: str) -> Any:
     """An ``openvino.Model`` from an IR ``.xml`` or an ``.onnx`` file (converted in memory)."""
     import openvino as ov
 
     if path.endswith(".xml"):
-        return ov.Core().read_model(path)
+        return openvino_core().read_model(path)
     return ov.convert_model(path)
 
 
@@ -47,8 +59,6 @@ def compile_openvino_model(model: Any, threads: int, precision: str = "fp32", st
     unless bf16 is asked: OpenVINO would otherwise pick bf16 by itself on CPUs with AMX/AVX512-BF16
     and change the numbers behind the user's back), and latency mode, or with ``streams`` > 1
     throughput mode with that many CPU streams (the threads split between them)."""
-    import openvino as ov
-
     hint = _PRECISION_HINT.get(precision)
     if hint is None:
         raise DeployError(f"OpenVINO runs precision fp32, bf16 or int8 on CPU, got {precision!r}")
@@ -59,7 +69,8 @@ def compile_openvino_model(model: Any, threads: int, precision: str = "fp32", st
         config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": int(streams)})
     else:
         config["PERFORMANCE_HINT"] = "LATENCY"
-    return ov.Core().compile_model(model, "CPU", config)
+    with preserve_signal_stack():  # the CPU plugin swaps the thread's signal stack (fcos.utils.signal_stack)
+        return openvino_core().compile_model(model, "CPU", config)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from fcos.config import InputConfig
 from fcos.data.preprocess import preprocess
 from fcos.deploy.precision_match import MatchRow, precision_match
 from fcos.deploy.predictor import AUTO, INFER_CFG_NAME, DeployError, InferCfg, load_infer_cfg
+from fcos.utils.signal_stack import preserve_signal_stack
 
 logger = logging.getLogger(__name__)
 
@@ -205,16 +206,17 @@ def quantize_openvino(onnx_file: str, feeds: Callable[[], Iterator[dict]], num: 
     keep = final_convs(nodes)
     # NNCF also quantizes Add/Multiply inputs; in the decoding (points * stride, distances) int8 would
     # move every box, so nothing after the final convolutions is touched.
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(_Reiterable(feeds, num)),
-        preset=nncf.QuantizationPreset.MIXED,
-        subset_size=num,
-        ignored_scope=nncf.IgnoredScope(names=downstream(nodes, keep), types=_OPENVINO_FP32_TYPES, validate=False),
-        advanced_parameters=nncf.AdvancedQuantizationParameters(
-            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX, overflow_fix=OverflowFix.ENABLE
-        ),
-    )
+    with preserve_signal_stack():  # NNCF's temporary ov.Core objects swap it (fcos.utils.signal_stack)
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(_Reiterable(feeds, num)),
+            preset=nncf.QuantizationPreset.MIXED,
+            subset_size=num,
+            ignored_scope=nncf.IgnoredScope(names=downstream(nodes, keep), types=_OPENVINO_FP32_TYPES, validate=False),
+            advanced_parameters=nncf.AdvancedQuantizationParameters(
+                activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX, overflow_fix=OverflowFix.ENABLE
+            ),
+        )
     ov.save_model(quantized, os.path.join(out_dir, "model.xml"), compress_to_fp16=False)
     return "model.xml", keep
 
