@@ -10,10 +10,12 @@ import os
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 import yaml
 
 from fcos.deploy.factory import create_predictor
+from fcos.deploy.openvino_predictor import read_openvino_model
 from fcos.deploy.precision_match import precision_match
 from fcos.deploy.predictor import DeployError, DeployPredictor
 from fcos.deploy.quantize import QuantizeError, downstream, final_convs, quantize_export
@@ -91,11 +93,15 @@ def test_int8_directories_say_precision_and_backend(int8_dirs):
         assert type(auto) is type(pred) and auto.timer.calls == 0
         assert "the only engine that can run this export" in auto.notes[-1]
     # the OpenVINO int8 model really holds int8 FakeQuantize nodes, but not on the final predictors
-    import openvino as ov
-
-    model = ov.Core().read_model(os.path.join(int8_dirs["openvino"], "model.xml"))
+    model = read_openvino_model(os.path.join(int8_dirs["openvino"], "model.xml"))
     types = [op.get_type_name() for op in model.get_ordered_ops()]
     assert types.count("FakeQuantize") >= 20
+    # ONNX Runtime's: BatchNorm folded into the convolutions before quantization (else each quantized
+    # Conv keeps an fp32 BatchNorm behind it and nothing fuses), and no pre-processed model left over
+    graph = onnx.load(os.path.join(int8_dirs["onnxruntime"], "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert "BatchNormalization" not in ops and ops.count("QuantizeLinear") >= 20
+    assert sorted(os.listdir(int8_dirs["onnxruntime"])) == ["infer_cfg.yml", "model.onnx"]
 
 
 def test_int8_reproduces_fp32_detections_on_easy_images(export_dir, int8_dirs):

@@ -248,22 +248,28 @@ def quantize_onnxruntime(
     onnx_file: str, feeds: Callable[[], Iterator[dict]], num: int, out_dir: str
 ) -> tuple[str, list]:
     """ONNX Runtime static quantization (QDQ, per-channel int8 weights in a 7-bit range, uint8
-    activations, MinMax calibration) of the convolutions, the final predictor convolutions excluded. Writes
-    ``out_dir/model.onnx``; returns (file name, layers kept fp32)."""
+    activations, MinMax calibration) of the convolutions after ONNX Runtime's pre-processing (BatchNorm
+    folded into Conv), the final predictor convolutions excluded. Writes ``out_dir/model.onnx``; returns
+    (file name, layers kept fp32)."""
     try:
         import onnx
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as e:
         raise QuantizeError('--backend onnxruntime needs ONNX Runtime: pip install "fcos-paddle[onnx]"') from e
 
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)  # paddle2onnx graphs carry unused initializers: one warning each
-    keep = final_convs(_onnx_nodes(onnx.load(onnx_file)))
+    # ONNX Runtime's pre-processing first: it folds each BatchNorm into its Conv. Quantized as exported,
+    # the convolutions keep their BatchNorm in fp32 behind a DequantizeLinear and nothing fuses.
+    prepared = os.path.join(out_dir, "prepared_fp32.onnx")
+    quant_pre_process(onnx_file, prepared, skip_symbolic_shape=True)
+    keep = final_convs(_onnx_nodes(onnx.load(prepared)))
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(feeds())
     out = os.path.join(out_dir, "model.onnx")
     quantize_static(
-        onnx_file,
+        prepared,
         out,
         reader,
         quant_format=QuantFormat.QDQ,
@@ -274,6 +280,7 @@ def quantize_onnxruntime(
         reduce_range=True,  # 7-bit weights: u8 x s8 on CPUs without VNNI saturates at 16 bits
         nodes_to_exclude=keep,
     )
+    os.remove(prepared)
     return "model.onnx", keep
 
 
