@@ -17,6 +17,7 @@ box decoding, NMS) and post-processing (per-image Results), after warm-up runs, 
   fp32 detections it reproduces at IoU >= 0.9);
 - ``onnxruntime``: the export converted with paddle2onnx, when paddle2onnx and onnxruntime are installed;
 - ``openvino-fp32``: the same ONNX model on OpenVINO's CPU plugin (fcos.deploy.openvino_predictor);
+- ``openvino-bf16``: the same in bfloat16 (inference precision hint), when the CPU has AVX512-BF16 or AMX;
 - ``onnxruntime-int8`` / ``openvino-int8``: the export quantized by tools/quantize.py (ONNX Runtime
   quantize_static / NNCF), calibrated on 8 synthetic images, with the share of fp32 detections it
   reproduces (Paddle Inference fp32 as reference; random weights make this a lower bound);
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             "paddle-onednn-bf16",
             "onnxruntime",
             "openvino-fp32",
+            "openvino-bf16",
             "auto",
             "onnxruntime-int8",
             "openvino-int8",
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         export_dir = os.path.join(workdir, recipe)
         export_model(det.model, cfg, export_dir, det.class_names, det.category_ids)
         onnx_file = None
-        onnx_engines = {"onnxruntime", "openvino-fp32", "onnxruntime-int8", "openvino-int8", "auto"}
+        onnx_engines = {"onnxruntime", "openvino-fp32", "openvino-bf16", "onnxruntime-int8", "openvino-int8", "auto"}
         if have_onnx and onnx_engines & set(args.engines):
             from fcos.export import export_onnx
 
@@ -276,16 +278,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 if "onnxruntime" in args.engines:
                     cases.append(("onnxruntime", onnx, None))
+                ov = functools.partial(
+                    OpenVinoPredictor, export_dir, onnx_file, cpu_threads=threads, target_size=short, max_size=max_size
+                )
                 if have_openvino and "openvino-fp32" in args.engines:
-                    ov = functools.partial(
-                        OpenVinoPredictor,
-                        export_dir,
-                        onnx_file,
-                        cpu_threads=threads,
-                        target_size=short,
-                        max_size=max_size,
-                    )
                     cases.append(("openvino-fp32", ov, None))
+                if have_openvino and bf16 and "openvino-bf16" in args.engines:
+                    cases.append(("openvino-bf16", functools.partial(ov, precision="bf16"), "paddle-onednn-fp32"))
             if "auto" in args.engines:
                 from fcos.deploy.factory import create_predictor
 

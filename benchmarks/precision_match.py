@@ -1,12 +1,13 @@
 """How closely bf16 and int8 reproduce the fp32 detections of an exported model, over a folder of images.
 
     python benchmarks/precision_match.py --model_dir output/demo/export --image_dir output/demo/shapes/val --bf16
+    python benchmarks/precision_match.py --model_dir DIR_WITH_ONNX --image_dir IMAGES --bf16 paddle openvino
     python benchmarks/precision_match.py --model_dir output/demo/export --image_dir output/demo/shapes/val \\
         --int8 output/demo/export_int8 output/demo/export_int8_ort --min-score 0.05 0.3 0.5
 
 (This was benchmarks/bf16_match.py; ``--bf16`` does what it did.) The reference is the fp32 export on
-Paddle Inference with oneDNN. Each candidate (bf16 on Paddle Inference when the CPU has AVX512-BF16 or
-AMX; every int8 directory of tools/quantize.py on its own backend) runs the same images, and per score
+Paddle Inference with oneDNN. Each candidate (bf16 on Paddle Inference and/or OpenVINO when the CPU has
+AVX512-BF16 or AMX; every int8 directory of tools/quantize.py on its own backend) runs the same images, and per score
 threshold the table gives how many fp32 detections found a partner with the same label and IoU >= 0.9
 (candidates down to half the threshold take part, so a detection at the cut is not lost to a small
 score change), and the largest score change of the pairs; with the median time per image of each
@@ -28,7 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_dir", required=True, help="the fp32 export directory (infer_cfg.yml + model)")
     ap.add_argument("--image_dir", required=True)
-    ap.add_argument("--bf16", action="store_true", help="compare bf16 (Paddle Inference oneDNN)")
+    ap.add_argument(
+        "--bf16",
+        nargs="*",
+        choices=["paddle", "openvino"],
+        default=None,
+        metavar="BACKEND",
+        help="compare bf16 on these engines (default: paddle, i.e. Paddle Inference oneDNN; openvino needs model.onnx)",
+    )
     ap.add_argument("--int8", nargs="+", default=[], metavar="DIR", help="int8 directories of tools/quantize.py")
     ap.add_argument("--max-images", type=int, default=200)
     ap.add_argument("--min-score", type=float, nargs="+", default=[0.05, 0.3, 0.5])
@@ -43,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     from fcos.inference.sources import SourceError, iter_images, resolve_source
     from fcos.utils.runtime import cpu_name
 
-    if not args.bf16 and not args.int8:
+    bf16_backends = [] if args.bf16 is None else (args.bf16 or ["paddle"])
+    if not bf16_backends and not args.int8:
         print("nothing to compare: pass --bf16 and/or --int8 DIR ...", file=sys.stderr)
         return 2
-    if args.bf16 and not cpu_supports_bf16():
+    if bf16_backends and not cpu_supports_bf16():
         print("this CPU has neither AVX512-BF16 nor AMX: no bf16 mode to compare", file=sys.stderr)
         return 2
     try:
@@ -59,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.image_dir}: no readable images", file=sys.stderr)
         return 2
     candidates = [("fp32", args.model_dir, {"backend": "paddle", "precision": "fp32", "use_mkldnn": True})]
-    if args.bf16:
-        candidates.append(("bf16", args.model_dir, {"backend": "paddle", "precision": "bf16", "use_mkldnn": True}))
+    for backend in bf16_backends:
+        opts = {"backend": backend, "precision": "bf16"} | ({"use_mkldnn": True} if backend == "paddle" else {})
+        candidates.append((f"bf16 {backend}", args.model_dir, opts))
     candidates += [(f"int8 {d}", d, {}) for d in args.int8]
     outputs, times, engines = {}, {}, {}
     for name, model_dir, opts in candidates:

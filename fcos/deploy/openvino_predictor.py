@@ -9,6 +9,7 @@ engine differs. Needs the optional extra: ``pip install "fcos-paddle[openvino]"`
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -119,8 +120,6 @@ class OpenVinoPredictor(OnnxPredictor):
         )
 
     def _create_runtime(self, onednn_placement: bool = True) -> None:
-        import os
-
         path = self.onnx_file
         if path is None:
             named = self.cfg.model_file
