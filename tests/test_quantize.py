@@ -14,6 +14,7 @@ import onnx
 import pytest
 import yaml
 
+from fcos.deploy import predictor as predictor_module
 from fcos.deploy.factory import create_predictor
 from fcos.deploy.openvino_predictor import read_openvino_model
 from fcos.deploy.precision_match import precision_match
@@ -118,16 +119,26 @@ def test_int8_reproduces_fp32_detections_on_easy_images(export_dir, int8_dirs):
         assert row.max_score_diff < 0.1, (backend, row)
 
 
-def test_quantize_tool_then_deploy_infer_and_eval_model_dir(export_dir, calib_dir, tmp_path, load_tool, capsys):
+def test_cpu_feature_checks_read_the_flags(monkeypatch):
+    for flags, bf16, amx in [(set(), False, False), ({"avx512_bf16"}, True, False), ({"amx_bf16", "avx2"}, True, True)]:
+        monkeypatch.setattr(predictor_module, "cpu_flags", lambda flags=flags: flags)
+        assert (predictor_module.cpu_supports_bf16(), predictor_module.cpu_has_amx()) == (bf16, amx), flags
+
+
+def test_quantize_tool_then_deploy_infer_and_eval_model_dir(
+    export_dir, calib_dir, tmp_path, load_tool, capsys, monkeypatch
+):
     from fcos.data.synthetic import make_synthetic_dataset
 
     out = tmp_path / "int8"
+    monkeypatch.setattr(predictor_module, "cpu_has_amx", lambda: True)  # the tool then points to bf16
     rc = load_tool("quantize").main(
         ["-w", export_dir, "--calib-images", calib_dir, "--output", str(out), "--num-images", "3", "--quiet"]
     )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "calibrated on 3 image(s)" in text and "int8 vs fp32" in text and "| 0.3 |" in text
+    assert "this CPU has AMX" in text and f"--model_dir {export_dir} --backend openvino --bf16" in text
     rc = load_tool("deploy_infer").main(
         ["--model_dir", str(out), "--image_dir", calib_dir, "--output_dir", str(tmp_path / "vis"), "--quiet",
          "--cpu_threads", "1"]

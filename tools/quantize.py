@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
     from fcos.deploy.precision_match import format_match_table
-    from fcos.deploy.predictor import DeployError
+    from fcos.deploy.predictor import DeployError, cpu_has_amx
     from fcos.deploy.quantize import QuantizeError, quantize_export
 
     try:
@@ -70,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kept in fp32: GroupNorm, box decoding + NMS, final predictor convolutions {', '.join(report.fp32_layers)}")
     print("int8 vs fp32 (Paddle Inference) on the calibration images:")
     print(format_match_table(report.match, "int8"))
+    if cpu_has_amx():
+        print(
+            "note: this CPU has AMX, where OpenVINO bf16 ran about as fast as int8 and kept fp32's accuracy "
+            f"(README, int8 on CPU): compare with tools/deploy_infer.py --model_dir {args.model_dir} "
+            "--backend openvino --bf16 --benchmark 20 (needs model.onnx: tools/export.py --onnx)"
+        )
     return 0
 
 

@@ -288,17 +288,26 @@ def resolve_threads(cpu_threads: int) -> int:
     return int(cpu_threads) if cpu_threads > 0 else usable_cores()
 
 
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo flags)."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="ignore") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    return "avx512_bf16" in flags or "amx_bf16" in flags
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return set()
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has AVX512-BF16 or AMX-BF16."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX bf16 tiles (Sapphire Rapids and later Xeons)."""
+    return "amx_bf16" in cpu_flags()
 
 
 def check_single_stream(opts: RuntimeOptions, engine: str) -> None:
