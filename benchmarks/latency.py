@@ -261,9 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             gflop = count_conv_gflops(det.model, int(shape[2]), int(shape[3]))
             cases = []  # (engine name, factory, engine whose detections this one should reproduce)
             det.cfg.input.test_short, det.cfg.input.test_max = short, max_size
-            deploy = functools.partial(
-                DeployPredictor, export_dir, use_mkldnn=True, cpu_threads=threads, target_size=short, max_size=max_size
-            )
+            sized = {"cpu_threads": threads, "target_size": short, "max_size": max_size}
+            deploy = functools.partial(DeployPredictor, export_dir, use_mkldnn=True, **sized)
             if "dygraph" in args.engines:
                 cases.append(("dygraph", functools.partial(lambda d: d, det), None))
             if "paddle-onednn-fp32" in args.engines:
@@ -273,14 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             if onnx_file:
                 from fcos.deploy.onnx_predictor import OnnxPredictor
 
-                onnx = functools.partial(
-                    OnnxPredictor, export_dir, onnx_file, cpu_threads=threads, target_size=short, max_size=max_size
-                )
+                onnx = functools.partial(OnnxPredictor, export_dir, onnx_file, **sized)
                 if "onnxruntime" in args.engines:
                     cases.append(("onnxruntime", onnx, None))
-                ov = functools.partial(
-                    OpenVinoPredictor, export_dir, onnx_file, cpu_threads=threads, target_size=short, max_size=max_size
-                )
+                ov = functools.partial(OpenVinoPredictor, export_dir, onnx_file, **sized)
                 if have_openvino and "openvino-fp32" in args.engines:
                     cases.append(("openvino-fp32", ov, None))
                 if have_openvino and bf16 and "openvino-bf16" in args.engines:
@@ -288,15 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             if "auto" in args.engines:
                 from fcos.deploy.factory import create_predictor
 
-                auto = functools.partial(
-                    create_predictor,
-                    export_dir,
-                    backend="auto",
-                    remeasure=True,
-                    **{"cpu_threads": threads, "target_size": short, "max_size": max_size},
-                )
+                auto = functools.partial(create_predictor, export_dir, backend="auto", remeasure=True, **sized)
                 cases.append(("auto", auto, None))
-            sized = {"cpu_threads": threads, "target_size": short, "max_size": max_size}
             if "onnxruntime" in int8_dirs:
                 from fcos.deploy.onnx_predictor import OnnxPredictor
 
